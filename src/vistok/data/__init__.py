@@ -1,0 +1,1 @@
+"""Data: image folders, video files, built-in samples, token shards."""

@@ -1,0 +1,1 @@
+"""Shared neural-network layers: norms, rotary embeddings, MLP, attention (+ masks), causal convolution."""
