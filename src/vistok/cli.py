@@ -31,8 +31,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_info(sub) -> None:
-    _verb(sub, "info", "print versions, the compute device and which optional extras are installed", "vistok info",
-          _cmd_info)
+    _verb(
+        sub,
+        "info",
+        "print versions, the compute device and which optional extras are installed",
+        "vistok info",
+        _cmd_info,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -54,26 +59,40 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
 def _cmd_data_samples(args: argparse.Namespace) -> int:
     from vistok.data.samples import write_samples
 
-    summary = write_samples(args.out, size=args.size, num_clips=args.clips, num_frames=args.frames, seed=args.seed,
-                            progress=not args.quiet)
+    summary = write_samples(
+        args.out, size=args.size, num_clips=args.clips, num_frames=args.frames, seed=args.seed, progress=not args.quiet
+    )
     print(summary)
     return 0
 
 
 def _add_data(sub) -> None:
-    g = sub.add_parser("data", help="inspect datasets and write the built-in samples",
-                       description="Inspect image/video folders and the built-in sample data.")
+    g = sub.add_parser(
+        "data",
+        help="inspect datasets and write the built-in samples",
+        description="Inspect image/video folders and the built-in sample data.",
+    )
     gs = g.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    p = _verb(gs, "inspect", "count files, resolutions, durations and unreadable files (with reasons) under PATH",
-              "vistok data inspect ~/data/clips", _cmd_data_inspect)
+    p = _verb(
+        gs,
+        "inspect",
+        "count files, resolutions, durations and unreadable files (with reasons) under PATH",
+        "vistok data inspect ~/data/clips",
+        _cmd_data_inspect,
+    )
     p.add_argument("path", help="a folder, an image/video file, or a token-shard folder")
     p.add_argument("--max-files", type=int, default=None, help="look at no more than this many files")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    p = _verb(gs, "samples", "write the built-in photos and synthetic clips as PNG/MP4 files to look at",
-              "vistok data samples samples/ --size 128 --clips 4", _cmd_data_samples)
+    p = _verb(
+        gs,
+        "samples",
+        "write the built-in photos and synthetic clips as PNG/MP4 files to look at",
+        "vistok data samples samples/ --size 128 --clips 4",
+        _cmd_data_samples,
+    )
     p.add_argument("out", help="output folder (created)")
     p.add_argument("--size", type=int, default=256, help="crop size of the written photos and clips (default 256)")
     p.add_argument("--clips", type=int, default=4, help="number of synthetic clips to write (default 4)")

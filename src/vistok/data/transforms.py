@@ -68,9 +68,8 @@ def crop_box(
     if nw < tw or nh < th:
         f = max(tw / nw, th / nh)
         nw, nh = max(tw, round(nw * f)), max(th, round(nh * f))
-    if crop == "random" or hflip_p > 0:
-        if rng is None:
-            raise ValueError("random crops and flips need a numpy Generator (rng=...)")
+    if (crop == "random" or hflip_p > 0) and rng is None:
+        raise ValueError("random crops and flips need a numpy Generator (rng=...)")
     if crop == "center":
         left, top = (nw - tw) // 2, (nh - th) // 2
     else:
