@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: Packages whose modules are imported (once) the first time a lookup misses, so built-in families self-register.
-BUILTIN_PACKAGES: tuple[str, ...] = ("vistok.tokenizers", "vistok.models")
+BUILTIN_PACKAGES: tuple[str, ...] = ("vistok.quantizers", "vistok.tokenizers", "vistok.models")
 
 T = TypeVar("T", bound=type)
 

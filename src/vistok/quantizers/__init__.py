@@ -3,11 +3,12 @@
 - :class:`LFQ` — lookup-free quantization (MAGVIT-v2), exact cheap entropy penalty, BSQ variant;
 - :class:`FSQ` — finite scalar quantization (Mentzer et al. 2023);
 - :class:`VectorQuantizer` (alias ``VQ``) — codebook VQ, LlamaGen-style l2-normalized low-dim codes, EMA, restarts;
-- ``KMeans`` — k-means tokens (DiGIT), from :mod:`vistok.quantizers.kmeans`, imported on first access.
+- :class:`KMeans` — streaming k-means codebooks (DiGIT's tokenizer), torch or faiss backend.
 """
 
 from vistok.quantizers.base import QuantizerOutput, UsageTracker
 from vistok.quantizers.fsq import FSQ
+from vistok.quantizers.kmeans import KMeans, KMeansConfig
 from vistok.quantizers.lfq import (
     LFQ,
     bits_to_indices,
@@ -22,6 +23,8 @@ __all__ = [
     "FSQ",
     "LFQ",
     "VQ",
+    "KMeans",
+    "KMeansConfig",
     "QuantizerOutput",
     "UsageTracker",
     "VectorQuantizer",
@@ -32,11 +35,3 @@ __all__ = [
     "split_indices",
 ]
 
-
-def __getattr__(name: str):
-    # KMeans lives in kmeans.py (written separately); import it lazily so this package works without it.
-    if name == "KMeans":
-        from vistok.quantizers.kmeans import KMeans
-
-        return KMeans
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
