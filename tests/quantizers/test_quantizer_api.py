@@ -132,3 +132,15 @@ def test_ddp_two_processes_match_one_process_on_the_concatenated_batch(tmp_path)
         torch.testing.assert_close(got["ema_codebook"], single["ema_codebook"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ranks[0]["restart_codebook"], ranks[1]["restart_codebook"], rtol=0, atol=0)
     assert ranks[0]["restarted"] > 0
+
+
+@pytest.mark.parametrize("kind", ["lfq", "fsq", "vq"])
+def test_indices_to_quantized_in_a_bf16_model(kind):
+    from vistok.quantizers import FSQ, LFQ, VQ
+
+    q = {"lfq": lambda: LFQ(6, dim=16), "fsq": lambda: FSQ([4, 4, 4], dim=16), "vq": lambda: VQ(32, dim=16, code_dim=4)}
+    model = q[kind]().eval()
+    ids = model(torch.randn(2, 16, 3, 3)).indices
+    want = model.indices_to_quantized(ids)
+    got = model.to(torch.bfloat16).indices_to_quantized(ids)
+    assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, atol=0.05, rtol=0.02)

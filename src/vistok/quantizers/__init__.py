@@ -34,4 +34,3 @@ __all__ = [
     "join_indices",
     "split_indices",
 ]
-

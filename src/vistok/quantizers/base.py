@@ -190,3 +190,9 @@ class UsageTracker:
             "code_entropy_bits": (entropy / math.log(2)).float(),
             "bits_per_token": ones * math.log2(self.codebook_size),
         }
+
+
+def project(layer: torch.nn.Module, x: Tensor) -> Tensor:
+    """Apply an input/output projection (a Linear or Identity) in the layer's own dtype (bf16-cast models too)."""
+    weight = getattr(layer, "weight", None)
+    return layer(x if weight is None else x.to(weight.dtype))

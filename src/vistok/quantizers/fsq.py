@@ -28,6 +28,7 @@ from vistok.quantizers.base import (
     codes_channel_first,
     flatten_channels,
     full_precision,
+    project,
     unflatten_channels,
 )
 
@@ -108,7 +109,7 @@ class FSQ(nn.Module):
     def indices_to_quantized(self, indices: Tensor) -> Tensor:
         """Ids → what ``forward`` returns as ``quantized`` (codes through the output projection)."""
         codes, grid = flatten_channels(self.indices_to_codes(indices), self.code_dim)
-        return unflatten_channels(self.project_out(codes), grid)
+        return unflatten_channels(project(self.project_out, codes), grid)
 
     # -- forward
 

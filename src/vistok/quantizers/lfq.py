@@ -62,6 +62,7 @@ from vistok.quantizers.base import (
     flatten_channels,
     full_precision,
     is_distributed,
+    project,
     unflatten_channels,
 )
 
@@ -270,7 +271,7 @@ class LFQ(nn.Module):
         """Token ids → what ``forward`` returns as ``quantized`` (codes through the output projection)."""
         codes = self.indices_to_codes(indices)
         x, grid = flatten_channels(codes, self.num_bits)
-        return unflatten_channels(self.project_out(x), grid)
+        return unflatten_channels(project(self.project_out, x), grid)
 
     def to_subtokens(self, indices: Tensor) -> Tensor:
         """Full ids ``(...)`` → ``(..., num_subtokens)`` sub-token ids of K/num_subtokens bits each."""

@@ -40,6 +40,7 @@ from vistok.quantizers.base import (
     flatten_channels,
     full_precision,
     is_distributed,
+    project,
     unflatten_channels,
 )
 
@@ -130,7 +131,7 @@ class VectorQuantizer(nn.Module):
     def indices_to_quantized(self, indices: Tensor) -> Tensor:
         """Ids → what ``forward`` returns as ``quantized`` (codes through the output projection)."""
         codes, grid = flatten_channels(self.indices_to_codes(indices), self.code_dim)
-        return unflatten_channels(self.project_out(codes), grid)
+        return unflatten_channels(project(self.project_out, codes), grid)
 
     # -- forward
 
