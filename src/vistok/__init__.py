@@ -21,6 +21,7 @@ _LAZY = {
     "create_model": "vistok.registry",
     "list_models": "vistok.registry",
     "register_model": "vistok.registry",
+    "load_tokenizer": "vistok.tokenizers.api",
 }
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "create_model",
     "from_pretrained",
     "list_models",
+    "load_tokenizer",
     "register_model",
     "save_pretrained",
 ]
@@ -36,6 +38,7 @@ __all__ = [
 if TYPE_CHECKING:
     from vistok.hub import PretrainedMixin, from_pretrained, save_pretrained
     from vistok.registry import create_model, list_models, register_model
+    from vistok.tokenizers.api import load_tokenizer
 
 
 def __getattr__(name: str):

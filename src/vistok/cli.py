@@ -1,8 +1,10 @@
 """The ``vistok`` command.
 
-``vistok <group> <verb> [options]``. This file only parses arguments and dispatches into the library; each handler
-imports its module lazily so ``vistok --help`` stays fast. A new group is one ``_add_<group>(sub)`` function
-registered in ``GROUPS``.
+``vistok <group> <verb> [options]``. This file only parses arguments and dispatches into the library. Commands are
+listed in ``COMMANDS`` as (name, one-line help, builder); only the builder of the command being run is called (the
+others get a light placeholder), so ``vistok --help`` and ``vistok info`` never import torch. Builders that live next
+to their library code (``add_*_parser(subparsers)``) keep the options beside the config they fill in. A new command
+is one entry in ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -31,20 +33,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_info(sub) -> None:
-    _verb(
-        sub,
-        "info",
-        "print versions, the compute device and which optional extras are installed",
-        "vistok info",
-        _cmd_info,
-    )
+    _verb(sub, "info", _HELP["info"], "vistok info", _cmd_info)
 
 
 # ----------------------------------------------------------------------------------------------------------- data
 
 
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
-    from vistok.data.inspect import inspect_path, format_report
+    from vistok.data.inspect import format_report, inspect_path
 
     report = inspect_path(args.path, max_files=args.max_files, progress=not args.quiet)
     if args.json:
@@ -69,7 +65,7 @@ def _cmd_data_samples(args: argparse.Namespace) -> int:
 def _add_data(sub) -> None:
     g = sub.add_parser(
         "data",
-        help="inspect datasets and write the built-in samples",
+        help=_HELP["data"],
         description="Inspect image/video folders and the built-in sample data.",
     )
     gs = g.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -101,27 +97,75 @@ def _add_data(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-GROUPS: list[Callable] = [_add_info, _add_data]
+def _add_encode(sub) -> None:
+    from vistok.tokenizers.api import add_encode_parser
+
+    add_encode_parser(sub)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_decode(sub) -> None:
+    from vistok.tokenizers.api import add_decode_parser
+
+    add_decode_parser(sub)
+
+
+def _add_reconstruct(sub) -> None:
+    from vistok.tokenizers.api import add_reconstruct_parser
+
+    add_reconstruct_parser(sub)
+
+
+def _add_tokenizer(sub) -> None:
+    from vistok.tokenizers.api import add_tokenizer_eval_parser
+    from vistok.train.tokenizer import add_tokenizer_train_parser
+
+    g = sub.add_parser(
+        "tokenizer",
+        help=_HELP["tokenizer"],
+        description="Train and evaluate image/video tokenizers (MAGVIT-v2, VQGAN).",
+    )
+    gs = g.add_subparsers(dest="verb", metavar="VERB", required=True)
+    add_tokenizer_train_parser(gs)
+    add_tokenizer_eval_parser(gs)
+
+
+COMMANDS: list[tuple[str, str, Callable]] = [
+    ("info", "print versions, the compute device and which optional extras are installed", _add_info),
+    ("data", "inspect datasets and write the built-in samples", _add_data),
+    ("encode", "turn an image, a video or a folder into tokens", _add_encode),
+    ("decode", "turn tokens back into pixels", _add_decode),
+    ("reconstruct", "encode + decode, with a side-by-side comparison and PSNR/SSIM", _add_reconstruct),
+    ("tokenizer", "train and evaluate tokenizers", _add_tokenizer),
+]
+_HELP = {name: help for name, help, _ in COMMANDS}
+
+
+def build_parser(command: str | None = None, full: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; with ``full`` every command is built, else only ``command`` (others are placeholders)."""
     from vistok import __version__
 
     parser = argparse.ArgumentParser(
         prog="vistok",
         description="vistok: images and video as tokens, and sequence models over them.",
-        epilog="run 'vistok <group> --help' for the verbs of a group",
+        epilog="run 'vistok <command> --help' for its options and an example",
     )
     parser.add_argument("--version", action="version", version=f"vistok {__version__}")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    for add in GROUPS:
-        add(sub)
+    for name, help, add in COMMANDS:
+        if full or name == command:
+            add(sub)
+        else:
+            sub.add_parser(name, help=help, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in _HELP else None)
     args = parser.parse_args(argv)
+    if not hasattr(args, "func"):  # a placeholder was parsed: cannot happen unless argv changed meaning
+        parser.error(f"unknown command {args.group!r}")
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
