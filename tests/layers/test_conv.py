@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vistok.layers import CausalConv3d
 
@@ -159,3 +160,17 @@ def test_clear_errors():
         CausalConv3d(1, 1, (3, 3))
     with pytest.raises(ValueError, match=r"expected input \(B, 2, T, H, W\)"):
         CausalConv3d(2, 1, 3)(torch.randn(1, 3, 2, 4, 4))
+
+
+@pytest.mark.parametrize("time_padding_mode", ["replicate", "zeros"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_image_output_is_bit_identical_to_the_first_frame_of_a_video(time_padding_mode, stride):
+    torch.manual_seed(0)
+    conv = CausalConv3d(3, 5, 3, stride=(stride, 1, 1), time_padding_mode=time_padding_mode)
+    video = torch.randn(2, 3, 5, 6, 7)
+    image_out = conv(video[:, :, :1])
+    assert image_out.shape[2] == 1
+    assert torch.equal(image_out, conv(video)[:, :, :1])
+    # and the 2-D path is the same maths as the padded 3-D convolution
+    reference = conv.conv(F.pad(conv._pad_front(video[:, :, :1]), (*conv.space_pad, 0, 0)))
+    torch.testing.assert_close(image_out, reference, rtol=1e-5, atol=1e-5)

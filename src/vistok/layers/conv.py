@@ -16,6 +16,12 @@ input frames from the start of the next output's window onward ((kt − 1)·dt f
 chunk outputs reproduces the one-shot output exactly. Any stride works as long as consecutive windows overlap or touch
 (st ≤ (kt − 1)·dt + 1); otherwise some input frames would be skipped across a chunk boundary and chunking is refused.
 A chunk too short to complete a window yields zero output frames and is kept in the cache.
+
+**First frame as a 2-D convolution**: the window of output frame 0 holds only padding and frame 0, so it equals a 2-D
+convolution of frame 0 with the kernel summed over its time taps (replicate padding) or with its last time tap (zero
+padding). Output frame 0 is always computed that way — for an image (T = 1, a third of the work with kt = 3), for the
+first frame of a video and for the first chunk of a stream alike — so an image's output is *bit-identical* to the
+first output frame of any video that starts with it.
 """
 
 from __future__ import annotations
@@ -74,7 +80,23 @@ class CausalConv3d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Convolve a whole video (B, C_in, T, H, W) → (B, C_out, 1 + ⌊(T − 1)/st⌋, ⌈H/sh⌉, ⌈W/sw⌉)."""
         self._check_input(x)
-        return self._conv(self._pad_front(x))
+        if self.time_pad == 0:
+            return self._conv(x)
+        first = self._first_frame(x[:, :, :1])
+        rest = self._pad_front(x)[:, :, self.time_stride :]  # windows of output frames 1, 2, ...
+        if rest.shape[2] <= self.time_pad:
+            return first
+        return torch.cat([first, self._conv(rest)], dim=2)
+
+    def _first_frame(self, x0: Tensor) -> Tensor:
+        """Output frame 0 from input frame 0 (B, C, 1, H, W) as a 2-D convolution (see the module docstring)."""
+        w = self.conv.weight
+        w = w.sum(2) if self.time_padding_mode == "replicate" else w[:, :, -1]
+        x = x0[:, :, 0]
+        if any(self.space_pad):
+            x = F.pad(x, self.space_pad, mode="constant" if self.padding_mode == "zeros" else "replicate")
+        y = F.conv2d(x, w, self.conv.bias, stride=self.space_stride, dilation=self.conv.dilation[1:])
+        return y.unsqueeze(2)
 
     def forward_chunk(self, x: Tensor, cache: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Convolve the next chunk of a video; ``cache`` is None for the first chunk. Returns (y, new_cache).
@@ -90,6 +112,8 @@ class CausalConv3d(nn.Module):
         xp = self._pad_front(x) if cache is None else torch.cat([cache, x], dim=2)
         n_out = max(0, (xp.shape[2] - self.time_pad - 1) // self.time_stride + 1)
         new_cache = xp[:, :, n_out * self.time_stride :]
+        if cache is None:  # the first chunk: exactly what forward computes
+            return self.forward(x), new_cache
         return (self._conv(xp) if n_out > 0 else self._empty_output(x)), new_cache
 
     def _check_input(self, x: Tensor) -> None:
