@@ -277,17 +277,19 @@ def build_datasets(config: TokenizerTrainConfig) -> dict[str, Dataset]:
     from vistok.data import ImageFolder, SamplePhotos, SyntheticVideos, VideoFolder
 
     size, seed = config.image_size, config.seed
+    # built-in data is generated from (seed, index): a long index space means fresh crops and clips every step
+    length = 1 << 20
     out: dict[str, Dataset] = {}
     for kind, source in config.sources().items():
         if kind == "image":
             out[kind] = (
-                SamplePhotos(size=size, seed=seed)
+                SamplePhotos(size=size, length=length, seed=seed)
                 if source == "samples"
                 else ImageFolder(source, size=size, crop="random", hflip_p=0.5, seed=seed)
             )
         else:
             out[kind] = (
-                SyntheticVideos(num_frames=config.frames, size=size, length=1024, seed=seed)
+                SyntheticVideos(num_frames=config.frames, size=size, length=length, seed=seed)
                 if source == "samples"
                 else VideoFolder(source, num_frames=config.frames, size=size, crop="random", hflip_p=0.5, seed=seed)
             )
