@@ -50,15 +50,6 @@ def noisy(a: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
     return np.clip(a + rng.normal(0, sigma, a.shape), 0, 255).round().astype(np.uint8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Other test processes share the CPU cores: one thread each avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     """A real photograph crop (uint8 HWC), odd-sized so nothing lines up by luck."""

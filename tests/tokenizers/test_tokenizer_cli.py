@@ -36,15 +36,6 @@ def vistok(monkeypatch, capsys):
     return run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Other test processes share the CPU cores: one thread each avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)

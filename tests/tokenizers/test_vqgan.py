@@ -25,15 +25,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Other test processes share the CPU cores: one thread each avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(name: str = "vqgan-tiny", seed: int = 0, **overrides) -> VQGANTokenizer:
     torch.manual_seed(seed)
     return create_model(name, **overrides).eval()

@@ -29,14 +29,6 @@ REAL = torch.tensor([0.5, -2.0, 1.5])
 FAKE = torch.tensor([-0.5, 0.3])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _softplus(v: float) -> float:
     return math.log1p(math.exp(v))
 

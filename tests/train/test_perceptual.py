@@ -19,14 +19,6 @@ from vistok.train.perceptual import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.cache
 def _vgg_state() -> dict[str, torch.Tensor]:
     """torchvision ``vgg16().features`` keys (``0.weight`` …), random weights (shared: do not modify)."""

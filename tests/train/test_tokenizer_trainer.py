@@ -23,14 +23,6 @@ from vistok.train.tokenizer import (
 PRESET = "magvit2-tiny"  # spatial factor 8, temporal factor 4: 16 px images, 5-frame clips
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(out_dir, **kw) -> TokenizerTrainConfig:
     base = dict(
         preset=PRESET,
