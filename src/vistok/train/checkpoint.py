@@ -53,6 +53,22 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def load_resume_state(out_dir: str | os.PathLike, resume: bool = True) -> tuple[Path, dict[str, Any]] | None:
+    """(path, state) of the latest checkpoint in ``out_dir`` to resume from, or ``None`` for a fresh run.
+
+    With ``resume=False`` a folder that already holds checkpoints is refused rather than mixed with a new run.
+    """
+    if not resume:
+        if list_checkpoints(out_dir):
+            raise FileExistsError(
+                f"{out_dir} holds checkpoints of an earlier run; resume it (resume=True, --resume) or choose "
+                "another output folder"
+            )
+        return None
+    path = latest_checkpoint(out_dir)
+    return None if path is None else (path, load_checkpoint(path))
+
+
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):  # not every platform / filesystem lets a directory be opened
         fd = os.open(directory, os.O_RDONLY)

@@ -45,9 +45,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, default_collate
 
 from vistok.train.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
+    load_resume_state,
     restore_rng_state,
     restore_training_checkpoint,
     save_training_checkpoint,
@@ -323,17 +321,10 @@ class Trainer:
         """Restore the latest checkpoint in ``out_dir`` (if resuming); returns the step to start from."""
         if self.out_dir is None:
             return 0
-        if not self.config.resume:
-            if list_checkpoints(self.out_dir):
-                raise FileExistsError(
-                    f"{self.out_dir} holds checkpoints of an earlier run; set resume=True to continue it "
-                    "or choose another out_dir"
-                )
+        found = load_resume_state(self.out_dir, self.config.resume)
+        if found is None:
             return 0
-        path = latest_checkpoint(self.out_dir)
-        if path is None:
-            return 0
-        state = load_checkpoint(path)
+        path, state = found
         self.step = restore_training_checkpoint(
             state,
             model=self.raw_model,

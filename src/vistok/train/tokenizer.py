@@ -70,9 +70,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from vistok.train.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
+    load_resume_state,
     restore_rng_state,
     restore_training_checkpoint,
     save_training_checkpoint,
@@ -683,17 +681,10 @@ class TokenizerTrainer:
         """Restore the latest checkpoint in ``out_dir`` when resuming; returns the step to start from."""
         if self.out_dir is None:
             return 0
-        if not self.config.resume:
-            if list_checkpoints(self.out_dir):
-                raise FileExistsError(
-                    f"{self.out_dir} holds checkpoints of an earlier run; resume it (resume=True, --resume) or choose "
-                    "another output folder"
-                )
+        found = load_resume_state(self.out_dir, self.config.resume)
+        if found is None:
             return 0
-        path = latest_checkpoint(self.out_dir)
-        if path is None:
-            return 0
-        state = load_checkpoint(path)
+        path, state = found
         self.step = restore_training_checkpoint(
             state, model=self.generator, optimizer=self.opt_g, scheduler=self.sched_g, ema=self.ema, restore_rng=False
         )
