@@ -1,5 +1,7 @@
 """EMA: the update rule against a hand computation, warmup decay, buffers, swapping, state and DDP wrappers."""
 
+import gc
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -99,6 +101,7 @@ def test_state_dict_round_trip_weights_only(tmp_path):
 def test_ddp_wrapper_is_looked_through(tmp_path):
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    ddp = None
     try:
         model = _model()
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -109,6 +112,10 @@ def test_ddp_wrapper_is_looked_through(tmp_path):
         with ema.swap(ddp) as plain:
             assert plain is model
     finally:
+        # free DDP's reducer while the process group is alive: destroying the group first can deadlock gloo's
+        # destructor when the reducer is collected later
+        del ddp
+        gc.collect()
         dist.destroy_process_group()
 
 
