@@ -243,3 +243,19 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     for key in ("rec_loss", "loss_g", "g_adv", "adv_weight", "grad_norm_g", "loss_d", "r1", "lecam", "grad_norm_d"):
         assert two[0][key] == pytest.approx(one[0][key], rel=1e-4, abs=1e-7), key
     assert all(math.isfinite(r["loss_g"]) and math.isfinite(r["loss_d"]) for r in two)
+
+
+def test_color_augment_permutes_scales_and_greys_deterministically():
+    from vistok.train.tokenizer import color_augment
+
+    x = (torch.rand(64, 3, 2, 4, 4) - 0.5).clamp(-0.5, 0.5)  # |x| ≤ 0.5: a gain ≤ 1.4 never clamps
+    x[x.abs() < 0.05] = 0.1
+    a = color_augment(x, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(a, color_augment(x, 1.0, torch.Generator().manual_seed(0))) and a.shape == x.shape
+    grey = (a[:, 0] == a[:, 1]).flatten(1).all(1) & (a[:, 1] == a[:, 2]).flatten(1).all(1)
+    assert 0 < int(grey.sum()) < 32  # about 20% turned grey
+    for i in (~grey).nonzero().flatten().tolist():
+        for c in range(3):  # output channel c = one input channel times one gain, over every frame and pixel
+            ratios = [(a[i, c] / x[i, k]).flatten() for k in range(3)]
+            assert any(float(r.std()) < 1e-5 and 0.6 - 1e-5 <= float(r.mean()) <= 1.4 + 1e-5 for r in ratios)
+    assert torch.equal(color_augment(x, 0.0, torch.Generator().manual_seed(0)), x)

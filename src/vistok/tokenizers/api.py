@@ -959,12 +959,20 @@ class _Section:
     bad: BadFiles | None = None
 
 
+EVAL_SAMPLE_ITEMS = 64  # held-out crops (and half as many clips) that `tokenizer eval --data samples` scores
+EVAL_SEED = 1234
+
+
 def _eval_sections(data: str, size: int, frames: int, max_items: int | None) -> list[_Section]:
     from vistok.data import ImageFolder, SamplePhotos, SyntheticVideos, VideoFolder
 
     if data == "samples":
-        videos = SyntheticVideos(num_frames=frames, size=size, split="heldout", length=max_items or 8)
-        return [_Section("images", SamplePhotos(size=size, split="heldout", crop="center")), _Section("videos", videos)]
+        # held-out photos only: fixed-seed random crops at random scales (the whole photo is one of many views), and
+        # synthetic clips over them; the seed differs from training's so no crop is shared with a training run
+        n_images, n_clips = max_items or EVAL_SAMPLE_ITEMS, max_items or EVAL_SAMPLE_ITEMS // 2
+        images = SamplePhotos(size=size, split="heldout", length=n_images, crop="random", hflip_p=0.0, seed=EVAL_SEED)
+        videos = SyntheticVideos(num_frames=frames, size=size, split="heldout", length=n_clips, seed=EVAL_SEED)
+        return [_Section("images", images), _Section("videos", videos)]
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"--data {data}: no such folder (pass a folder of images/videos, or 'samples')")

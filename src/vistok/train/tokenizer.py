@@ -171,6 +171,8 @@ class TokenizerTrainConfig:
     disc_channels: int | None = None
     disc_levels: int | None = None
     disc_max_channels: int = 512
+    # data augmentation
+    color_augment: float = 0.0
     # run
     out_dir: str | None = "runs/tokenizer"
     resume: bool = True
@@ -292,6 +294,22 @@ def build_datasets(config: TokenizerTrainConfig) -> dict[str, Dataset]:
                 else VideoFolder(source, num_frames=config.frames, size=size, crop="random", hflip_p=0.5, seed=seed)
             )
     return out
+
+
+def color_augment(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """With probability ``p`` per sample: permute the RGB channels, scale each by U(0.6, 1.4) around mid-grey, and
+    turn 20% of those samples grey — the same change for every frame of a clip. Widens the colours a small data set
+    (the built-in photos) shows a tokenizer, so it does not learn their palettes. ``x`` in [-1, 1], (B, 3, ...)."""
+    b = x.shape[0]
+    pick = torch.rand(b, generator=generator) < p
+    if not bool(pick.any()):
+        return x
+    perm = torch.stack([torch.randperm(3, generator=generator) for _ in range(b)])
+    gain = torch.empty(b, 3).uniform_(0.6, 1.4, generator=generator)
+    grey = torch.rand(b, generator=generator) < 0.2
+    y = torch.stack([x[i, perm[i]] for i in range(b)]) * gain.view(b, 3, *([1] * (x.ndim - 2))).to(x)
+    y = torch.where(grey.view(b, *([1] * (x.ndim - 1))).to(x.device), y.mean(1, keepdim=True).expand_as(y), y)
+    return torch.where(pick.view(b, *([1] * (x.ndim - 1))).to(x.device), y.clamp(-1, 1), x)
 
 
 def collate_pixels(items: list[Mapping[str, Any]]) -> Tensor:
@@ -485,6 +503,10 @@ class TokenizerTrainer:
             loaders[kind] = self._loader(kind)
         batch = next(loaders[kind])
         self.positions[kind] += 1
+        if self.config.color_augment > 0:  # a pure function of (seed, kind, position): resumes exactly
+            stream = 2 * self.positions[kind] + (kind == "video")
+            g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + stream)
+            batch = color_augment(batch, self.config.color_augment, g)
         return batch.to(self.device, non_blocking=self.device.type == "cuda")
 
     # -- one step ------------------------------------------------------------------------------------------------
@@ -869,6 +891,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--color-augment",
+        type=float,
+        default=d.color_augment,
+        metavar="P",
+        help="probability of a random channel permutation + gain (+ grey) per sample; helps small data sets",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on with CUDA")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -904,6 +933,7 @@ def config_from_args(args: argparse.Namespace) -> TokenizerTrainConfig:
         log_every=args.log_every,
         ckpt_every=args.ckpt_every,
         seed=args.seed,
+        color_augment=args.color_augment,
         device=args.device,
         bf16=args.bf16,
         progress=not args.quiet,
