@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -194,7 +195,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
 # ------------------------------------------------------------------------------------------------------- datasets
 
 
-class FolderDataset(Dataset):
+class FolderDataset(Dataset, ABC):
     """Base of :class:`ImageFolder` and ``VideoFolder``: files, labels, bad-file accounting, deterministic draws.
 
     Subclasses set ``exts`` and ``kind`` and implement ``_check(path)`` (cheap, at build time; returns what
@@ -292,11 +293,13 @@ class FolderDataset(Dataset):
         if self._decode_failures & (self._decode_failures - 1) == 0:
             self.bad.warn()
 
+    @abstractmethod
     def _check(self, path: Path) -> Any:
-        raise NotImplementedError
+        """Cheap per-file check at build time (header, size, probe); raises BadFileError."""
 
+    @abstractmethod
     def _load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        raise NotImplementedError
+        """Decode and transform item ``index``; raises BadFileError for a file that fails to decode."""
 
 
 def check_crop_args(size: int | tuple[int, int], crop: str, hflip_p: float, scale: float) -> None:
