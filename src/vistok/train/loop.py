@@ -66,6 +66,20 @@ class Stateful(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> Any: ...
 
 
+def report_nonfinite(
+    consecutive: int, total: int, max_nonfinite: int, where: str, last_checkpoint: Path | None, progress: Progress
+) -> None:
+    """Say that a step was skipped for a non-finite loss/gradient; past ``max_nonfinite`` in a row, raise
+    :class:`NonFiniteLossError` (shared by every trainer, which keeps the two counters in its resume state)."""
+    progress.write(f"non-finite loss or gradient at {where}; update skipped ({consecutive} in a row, {total} in total)")
+    if consecutive > max_nonfinite:
+        raise NonFiniteLossError(
+            f"{consecutive} consecutive steps with a non-finite loss or gradient norm (max_nonfinite={max_nonfinite}), "
+            f"last at {where}. Lower the learning rate, set gradient clipping, check the data, or resume from the "
+            f"last good checkpoint ({last_checkpoint})."
+        )
+
+
 class NonFiniteLossError(RuntimeError):
     """Training stopped because too many consecutive steps had a NaN/inf loss or gradient norm."""
 
@@ -394,16 +408,14 @@ class Trainer:
         self.nonfinite_total += 1
         self._accumulate({"skipped": torch.ones((), dtype=torch.float64, device=self.device)})
         where = f"step {self.step + 1}: loss {loss.item():.4g}, grad norm {grad_norm.item():.4g}"
-        progress.write(
-            f"non-finite loss or gradient at {where}; update skipped "
-            f"({self.nonfinite_consecutive} in a row, {self.nonfinite_total} in total)"
+        report_nonfinite(
+            self.nonfinite_consecutive,
+            self.nonfinite_total,
+            self.config.max_nonfinite,
+            where,
+            self.last_checkpoint,
+            progress,
         )
-        if self.nonfinite_consecutive > self.config.max_nonfinite:
-            raise NonFiniteLossError(
-                f"{self.nonfinite_consecutive} consecutive steps with a non-finite loss or gradient norm "
-                f"(max_nonfinite={self.config.max_nonfinite}), last at {where}. Lower the lr, set clip_grad, check "
-                f"the data, or resume from the last good checkpoint ({self.last_checkpoint})."
-            )
 
     def _accumulate(self, values: Mapping[str, torch.Tensor]) -> None:
         for k, v in values.items():

@@ -97,7 +97,7 @@ from vistok.train.gan import (
     generator_loss,
     r1_penalty,
 )
-from vistok.train.loop import IndexStream, NonFiniteLossError
+from vistok.train.loop import IndexStream, report_nonfinite
 from vistok.train.metrics import MetricsLogger, Progress
 from vistok.train.perceptual import LPIPS
 from vistok.train.schedule import SCHEDULES, build_scheduler
@@ -614,16 +614,14 @@ class TokenizerTrainer:
         self._skipped_since_log += 1
         losses = ", ".join(f"{k} {float(metrics[k]):.4g}" for k in ("loss_g", "loss_d") if k in metrics)
         where = f"step {self.step + 1} ({losses})"
-        progress.write(
-            f"non-finite loss or gradient at {where}; update skipped "
-            f"({self.nonfinite_consecutive} in a row, {self.nonfinite_total} in total)"
+        report_nonfinite(
+            self.nonfinite_consecutive,
+            self.nonfinite_total,
+            self.config.max_nonfinite,
+            where,
+            self.last_checkpoint,
+            progress,
         )
-        if self.nonfinite_consecutive > self.config.max_nonfinite:
-            raise NonFiniteLossError(
-                f"{self.nonfinite_consecutive} consecutive steps with a non-finite loss or gradient norm "
-                f"(max_nonfinite={self.config.max_nonfinite}), last at {where}. Lower the learning rates, check the "
-                f"data, or resume from the last good checkpoint ({self.last_checkpoint})."
-            )
 
     # -- logging -------------------------------------------------------------------------------------------------
 
