@@ -129,6 +129,12 @@ def _add_tokenizer(sub) -> None:
     add_tokenizer_eval_parser(gs)
 
 
+def _add_lvm(sub) -> None:
+    from vistok.train.lvm import add_lvm_parser
+
+    add_lvm_parser(sub)
+
+
 COMMANDS: list[tuple[str, str, Callable]] = [
     ("info", "print versions, the compute device and which optional extras are installed", _add_info),
     ("data", "inspect datasets and write the built-in samples", _add_data),
@@ -136,6 +142,7 @@ COMMANDS: list[tuple[str, str, Callable]] = [
     ("decode", "turn tokens back into pixels", _add_decode),
     ("reconstruct", "encode + decode, with a side-by-side comparison and PSNR/SSIM", _add_reconstruct),
     ("tokenizer", "train and evaluate tokenizers", _add_tokenizer),
+    ("lvm", "LVM: train on visual sentences, continue sequences and complete analogies", _add_lvm),
 ]
 _HELP = {name: help for name, help, _ in COMMANDS}
 

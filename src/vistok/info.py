@@ -11,6 +11,7 @@ EXTRAS = {
     "tensorboard": "tensorboard",
     "transformers": "hf",
     "faiss": "faiss",
+    "matplotlib": "plots",
     "vector_quantize_pytorch": "bench",
 }
 

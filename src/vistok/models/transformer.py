@@ -41,8 +41,8 @@ tokens in the window still carry information from tokens that have left it. It i
 last W tokens from scratch (LVM's public inference re-encodes the last frames for every new frame); for that, the
 caller re-prefills: ``reset_caches()``, then a forward over the kept tokens with positions from 0.
 
-Presets: ``transformer-tiny`` (CPU tests) and the LVM sizes ``lvm-300m`` … ``lvm-7b`` with the dimensions of the
-public LVM code (EasyLM ``vqlm_*`` configs: 8,192 VQGAN codes + 100 special ids = 8,292 tokens, context 4,096).
+Presets: ``transformer-tiny`` (CPU tests). The LVM sizes (``lvm-300m`` … ``lvm-7b``) are presets of
+:class:`vistok.models.lvm.LVMConfig`, which builds this backbone.
 """
 
 from __future__ import annotations
@@ -414,35 +414,11 @@ class Transformer(nn.Module, PretrainedMixin):
 # Presets
 # ---------------------------------------------------------------------------------------------------------------------
 
-#: LVM's vocabulary in the public code: 8,192 VQGAN codes + 100 special ids.
-LVM_VOCAB_SIZE = 8292
-
-
-def _lvm(dim: int, n_layers: int, n_heads: int, intermediate_size: int) -> TransformerConfig:
-    """An LVM size from the public LVM code (EasyLM ``vqlm_*``): multi-head attention, untied, ε = 1e-6."""
-    return TransformerConfig(
-        vocab_size=LVM_VOCAB_SIZE,
-        dim=dim,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        intermediate_size=intermediate_size,
-        norm_eps=1e-6,
-        rope_theta=10000.0,
-        max_seq_len=4096,
-    )
-
-
 PRESETS: dict[str, TransformerConfig] = {
     # CPU tests: 2 layers, GQA (4 query heads, 2 kv heads), 64 dims; ~0.1M parameters.
     "transformer-tiny": TransformerConfig(
         vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16, max_seq_len=256
     ),
-    # LVM sizes (Bai et al., 2023); parameter counts with the 8,292-token vocabulary, untied embeddings.
-    "lvm-300m": _lvm(1024, 22, 8, 2688),  # 291M
-    "lvm-600m": _lvm(1536, 22, 16, 4096),  # 648M
-    "lvm-1b": _lvm(2048, 22, 16, 5504),  # 1.15B
-    "lvm-3b": _lvm(3200, 26, 32, 8640),  # 3.27B
-    "lvm-7b": _lvm(4096, 32, 32, 11008),  # 6.54B (LLaMA-7B's shape)
 }
 
 register_model("transformer", Transformer, presets=PRESETS)
