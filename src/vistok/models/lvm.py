@@ -137,7 +137,6 @@ class LVM(nn.Module, PretrainedMixin):
         ctx = self._grids(context, "context")
         return torch.stack([self.format.prompt(c.cpu()) for c in ctx]).to(self.backbone.output.weight.device)
 
-    @torch.inference_mode()
     def generate(
         self,
         context: Tensor,

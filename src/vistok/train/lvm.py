@@ -353,8 +353,9 @@ def format_eval(report: dict[str, Any]) -> str:
             )
     if "perplexity_vs_context" in report:
         c = report["perplexity_vs_context"]
-        pairs = ", ".join(f"{n}: {p:.1f}" for n, p in zip(c["context_frames"], c["perplexity"]))
-        lines.append(f"target-frame perplexity by context frames — {pairs}")
+        lines.append(f"perplexity of the target frame vs context frames ({c['items']} held-out clips):")
+        lines.append("  context frames " + "".join(f"{n:>8d}" for n in c["context_frames"]))
+        lines.append("  perplexity     " + "".join(f"{p:>8.1f}" for p in c["perplexity"]))
     return "\n".join(lines)
 
 
