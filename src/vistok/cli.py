@@ -135,6 +135,18 @@ def _add_lvm(sub) -> None:
     add_lvm_parser(sub)
 
 
+def _add_maskgit(sub) -> None:
+    from vistok.train.maskgit import add_maskgit_parser
+
+    add_maskgit_parser(sub)
+
+
+def _add_merge(sub) -> None:
+    from vistok.tokenizers.merge_cli import add_merge_parser
+
+    add_merge_parser(sub)
+
+
 COMMANDS: list[tuple[str, str, Callable]] = [
     ("info", "print versions, the compute device and which optional extras are installed", _add_info),
     ("data", "inspect datasets and write the built-in samples", _add_data),
@@ -143,6 +155,12 @@ COMMANDS: list[tuple[str, str, Callable]] = [
     ("reconstruct", "encode + decode, with a side-by-side comparison and PSNR/SSIM", _add_reconstruct),
     ("tokenizer", "train and evaluate tokenizers", _add_tokenizer),
     ("lvm", "LVM: train on visual sentences, continue sequences and complete analogies", _add_lvm),
+    (
+        "maskgit",
+        "MaskGIT: train and sample MAGVIT-v2's masked token model (class-conditional or from frames)",
+        _add_maskgit,
+    ),
+    ("merge", "Chat-UniVi dynamic visual tokens: merge patch tokens and draw the clusters", _add_merge),
 ]
 _HELP = {name: help for name, help, _ in COMMANDS}
 
