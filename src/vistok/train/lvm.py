@@ -445,7 +445,7 @@ def train_lvm(config: LVMTrainConfig) -> LVMTrainResult:
     )
     run_config = {"lvm": asdict(c), "model": {"preset": c.preset, **overrides}, "packing": packed.stats()}
     trainer = Trainer(model, None, lvm_loss, packed, train_config, info=info, run_config=run_config)
-    result = trainer.fit()
+    trainer.fit()
     model_dir, report = None, {}
     if info.rank == 0:
         model_dir = save_pretrained(model, out / "model")
@@ -458,7 +458,7 @@ def train_lvm(config: LVMTrainConfig) -> LVMTrainResult:
     elapsed = time.perf_counter() - t0
     stats = packed.stats()
     summary = (
-        f"{result.summary}\nTrained {c.preset} ({model.num_params() / 1e6:.2f}M parameters) on {stats['sentences']} "
+        f"Trained {c.preset} ({model.num_params() / 1e6:.2f}M parameters) on {stats['sentences']} "
         f"sentences packed into {stats['windows']} windows of {model.config.max_seq_len} ids ({stats['fill']:.0%} "
         f"filled); tokens in {out / 'tokens'}; model in {model_dir} (load with vistok.from_pretrained)."
     )
