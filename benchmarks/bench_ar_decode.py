@@ -43,6 +43,10 @@ from vistok.models import Transformer, TransformerConfig, to_hf_llama
 
 def build_config(args: argparse.Namespace) -> TransformerConfig:
     if args.preset:
+        if args.preset.startswith("lvm-"):  # an LVM preset: its backbone
+            from vistok.models.lvm import LVMConfig
+
+            return LVMConfig.from_name(args.preset).backbone_config()
         return TransformerConfig.from_name(args.preset)
     return TransformerConfig(
         vocab_size=args.vocab_size,
@@ -172,7 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=None, help="a transformer preset (e.g. lvm-300m); overrides the size flags")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="a transformer or LVM preset (e.g. lvm-300m: its backbone); overrides the size flags",
+    )
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--n-layers", type=int, default=8)
     p.add_argument("--n-heads", type=int, default=8)

@@ -51,6 +51,10 @@ EOI = VISUAL_CODES + 1  #: end-of-image
 
 def build_config(args: argparse.Namespace) -> TransformerConfig:
     if args.preset:
+        if args.preset.startswith("lvm-"):  # an LVM preset: its backbone
+            from vistok.models.lvm import LVMConfig
+
+            return LVMConfig.from_name(args.preset).backbone_config()
         return TransformerConfig.from_name(args.preset)
     return TransformerConfig(
         vocab_size=8292, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads
@@ -221,7 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=None, help="a transformer preset (e.g. lvm-300m); overrides the size flags")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="a transformer or LVM preset (e.g. lvm-300m: its backbone); overrides the size flags",
+    )
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--n-layers", type=int, default=8)
     p.add_argument("--n-heads", type=int, default=8)
