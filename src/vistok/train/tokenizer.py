@@ -1,8 +1,11 @@
-"""Tokenizer training: reconstruction + perceptual + quantizer + adversarial losses, two optimizers, images and video.
+"""Tokenizer training: reconstruction + perceptual + quantizer (or KL) + adversarial losses, two optimizers, images
+and video.
 
 The recipe of MAGVIT-v2 (Yu et al., ICLR 2024, §3.2 and appendix; PAPERS.md §1), usable for any tokenizer with the
 vistok tokenizer interface (``forward(x) → TokenizerOutput(recon, indices, quant_loss, metrics)`` and
-``last_layer_weight()``). Per optimizer step s (0-based):
+``last_layer_weight()``), and for the continuous KL-VAE of :mod:`vistok.tokenizers.vae` (``forward(x) →
+VAEOutput(recon, latents, kl, metrics)``): the same losses with the KL term in place of the quantizer's (LDM's
+"KL-reg" autoencoder, Rombach et al. 2022). Per optimizer step s (0-based):
 
 1. **Batch**: images (B, 3, H, W) or clips (B, 3, T, H, W) in [−1, 1]. With both sources, step s is a video step iff
    ⌊(s + 1)·r⌋ > ⌊s·r⌋ for the video ratio r (r = 0.5 alternates image, video, image, …): a pure function of s, so
@@ -12,7 +15,9 @@ vistok tokenizer interface (``forward(x) → TokenizerOutput(recon, indices, qua
    w_rec = 5 (the paper's reconstruction weight; L1 by default — sharper than L2 under a GAN, as in VQGAN-style
    recipes — ``recon_loss="l2"`` for MSE), w_p = 0.1 (only when LPIPS weights are given: they are never downloaded),
    L_quant the quantizer's own weighted loss (LFQ: commitment 0.25 + entropy 0.1, annealed inside the quantizer by
-   its own forward counter), w_gan = 0.1, λ = 1 or VQGAN's adaptive weight (``adaptive_gan_weight``). Video frames
+   its own forward counter), w_gan = 0.1, λ = 1 or VQGAN's adaptive weight (``adaptive_gan_weight``). For a VAE,
+   L_quant is replaced by ``kl_weight``·KL/(C·H·W): KL in nats per picture (summed over its latent), per pixel value
+   like the L1 term, so ``kl_weight`` = 10⁻⁶ is LDM's balance (LDM sums both terms over the picture). Video frames
    all go through LPIPS. D is the 2-D discriminator for image steps, the 3-D one for video steps
    (:mod:`vistok.train.gan`); before ``disc_start`` the adversarial term is exactly 0 and D is not run.
 3. **Discriminator** update (from step ``disc_warmup_start`` ≤ ``disc_start``: D warms up first), on the real batch and
@@ -40,14 +45,16 @@ is global: the LFQ entropy (all-reduced in the quantizer), the LeCam anchors and
 last-layer gradients are averaged over ranks), so N ranks × B items match one process × N·B items (up to rounding).
 
 **Logged** (``metrics.jsonl``, averaged over the steps since the last log that had the value): ``loss_g`` (L_G),
-``rec_loss``, ``perceptual_loss``, ``quant_loss``, ``g_adv`` (L_adv, 0 before ``disc_start``), ``adv_weight``
+``rec_loss``, ``perceptual_loss``, ``quant_loss`` (VAE: ``kl``, ``kl_loss``, ``latent_mean``, ``latent_std``,
+``posterior_std``), ``g_adv`` (L_adv, 0 before ``disc_start``), ``adv_weight``
 (w_gan·λ, 0 before), ``grad_norm_g``; ``loss_d`` (L_D), ``d_loss`` (its GAN part), ``lecam``, ``r1``,
 ``logits_real``/``logits_fake``, ``grad_norm_d``; ``psnr`` and ``psnr_image``/``psnr_video``; the quantizer's
 metrics as ``q_*`` (usage, perplexity, entropies, …); ``lr``, ``lr_d``; ``images_per_s``, ``clips_per_s``;
 ``skipped``, ``nonfinite_total``.
 
 At the end the EMA generator is written with ``save_pretrained`` to ``out_dir/final/`` (config.json +
-model.safetensors, load with ``vistok.from_pretrained``) and a one-paragraph summary is printed.
+model.safetensors, load with ``vistok.from_pretrained``) and a one-paragraph summary is printed. A VAE first gets its
+latent scale and shift for diffusion fitted on the first ``latent_stats_items`` training items (stored in its config).
 """
 
 from __future__ import annotations
@@ -126,7 +133,8 @@ class TokenizerTrainConfig:
     checkpoint) as if the job were pre-empted, for time-sliced jobs — a later run with ``resume`` goes on.
     ``disc_levels=None`` picks log2(image_size) − 3 levels (at least 1): an 8×8 logit map; ``disc_channels=None`` takes
     the tokenizer's ``base_channels`` capped at 64 (16 for ``magvit2-tiny``, 64 for the paper's sizes), so a tiny
-    tokenizer does not get a discriminator many times its size.
+    tokenizer does not get a discriminator many times its size. ``kl_weight`` and ``latent_stats_items`` only matter
+    for VAE presets (``vae-*``).
     """
 
     # model
@@ -156,6 +164,8 @@ class TokenizerTrainConfig:
     # losses
     recon_loss: str = "l1"
     recon_weight: float = 5.0
+    kl_weight: float = 1e-6
+    latent_stats_items: int = 64
     perceptual_weight: float = 0.1
     perceptual_weights: list[str] | None = None
     gan_loss: str = "hinge"
@@ -204,9 +214,11 @@ class TokenizerTrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TokenizerTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "ckpt_every", "keep_last", "max_nonfinite", "num_workers"):
+        for name in ("warmup", "ckpt_every", "keep_last", "max_nonfinite", "num_workers", "latent_stats_items"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TokenizerTrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.kl_weight >= 0:
+            raise ValueError(f"TokenizerTrainConfig.kl_weight must be >= 0, got {self.kl_weight}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 
@@ -518,18 +530,30 @@ class TokenizerTrainer:
             out = self.g(x)
             rec = _recon_loss(cfg.recon_loss, out.recon, x)
             nll = cfg.recon_weight * rec
-            metrics = {"rec_loss": rec.detach(), "quant_loss": out.quant_loss.detach().float()}
+            metrics = {"rec_loss": rec.detach()}
             if self.perceptual is not None:
                 perc = self.perceptual(out.recon, x).mean()
                 nll = nll + cfg.perceptual_weight * perc
                 metrics["perceptual_loss"] = perc.detach()
+            reg, reg_metrics = self._latent_loss(out, x)
             adv, weight = self._adversarial(out.recon, nll, kind)
-            loss = nll + out.quant_loss.float() + weight * adv
-        metrics |= {"g_adv": adv.detach(), "adv_weight": torch.as_tensor(weight).detach().float()}
+            loss = nll + reg + weight * adv
+        metrics |= reg_metrics | {"g_adv": adv.detach(), "adv_weight": torch.as_tensor(weight).detach().float()}
         p = psnr(out.recon, x)
         metrics |= {"psnr": p, f"psnr_{kind}": p}
-        metrics |= {f"q_{k}": v for k, v in out.metrics.items()}
         return loss, out.recon, metrics
+
+    def _latent_loss(self, out: Any, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The bottleneck's loss and metrics: the quantizer's ``quant_loss`` (metrics as ``q_*``), or for a VAE
+        (an output with ``kl``, nats per picture) ``kl_weight · KL / (C·H·W)`` (metrics as they come, plus
+        ``kl_loss``, the weighted term)."""
+        kl = getattr(out, "kl", None)
+        if kl is None:
+            quant = out.quant_loss.float()
+            return quant, {"quant_loss": quant.detach()} | {f"q_{k}": v for k, v in out.metrics.items()}
+        per_picture = x.shape[1] * x.shape[-2] * x.shape[-1]
+        kl_loss = self.config.kl_weight * kl.float() / per_picture
+        return kl_loss, {**out.metrics, "kl_loss": kl_loss.detach()}
 
     def _adversarial(self, recon: Tensor, nll: Tensor, kind: str) -> tuple[Tensor, Tensor | float]:
         """(generator adversarial loss, its total weight); (0, 0) before ``disc_start``."""
@@ -715,7 +739,11 @@ class TokenizerTrainer:
         return self.step
 
     def save_final(self) -> Path | None:
-        """Write the (EMA) generator to ``out_dir/final`` with ``save_pretrained`` (rank 0; collective barrier)."""
+        """Write the (EMA) generator to ``out_dir/final`` with ``save_pretrained`` (rank 0; collective barrier).
+
+        A model with ``fit_latent_scaling`` (the VAE) first gets its latent scale and shift fitted on the first
+        ``latent_stats_items`` items of the training data (images if any, else clips), with the saved weights.
+        """
         if self.out_dir is None:
             return None
         final = self.out_dir / "final"
@@ -723,9 +751,25 @@ class TokenizerTrainer:
             from vistok.hub import save_pretrained
 
             with self.ema.swap() if self.ema is not None else contextlib.nullcontext():
+                self._fit_latent_scaling()
                 save_pretrained(self.generator, final)
         barrier()
         return final
+
+    def _fit_latent_scaling(self) -> None:
+        fit = getattr(self.generator, "fit_latent_scaling", None)
+        n = self.config.latent_stats_items
+        if fit is None or n == 0:
+            return
+        kind = "image" if "image" in self.datasets else "video"
+        data = self.datasets[kind]
+        items = range(min(n, len(data)))
+        size = self.config.batch_size if kind == "image" else self.config.video_batch_size
+        batches = (
+            collate_pixels([data[i] for i in items[k : k + size]]).to(self.device) for k in range(0, len(items), size)
+        )
+        with self._autocast():
+            fit(batches)
 
     # -- the loop ------------------------------------------------------------------------------------------------
 
@@ -871,6 +915,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--disc-channels", type=int, default=None, help="discriminator base channels (default: auto)")
     p.add_argument("--gan-loss", choices=GAN_LOSSES, default=d.gan_loss)
+    p.add_argument(
+        "--kl-weight",
+        type=float,
+        default=d.kl_weight,
+        help=f"VAE presets (vae-*): weight of the KL term, per pixel value (default {d.kl_weight:g}, as in LDM)",
+    )
     p.add_argument("--adaptive-gan-weight", action="store_true", help="VQGAN's adaptive adversarial weight")
     p.add_argument(
         "--perceptual-weights",
@@ -924,6 +974,7 @@ def config_from_args(args: argparse.Namespace) -> TokenizerTrainConfig:
         disc_warmup_start=warmup_start,
         disc_channels=args.disc_channels,
         gan_loss=args.gan_loss,
+        kl_weight=args.kl_weight,
         adaptive_gan_weight=args.adaptive_gan_weight,
         perceptual_weights=args.perceptual_weights,
         out_dir=args.out,
