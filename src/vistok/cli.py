@@ -147,6 +147,12 @@ def _add_merge(sub) -> None:
     add_merge_parser(sub)
 
 
+def _add_univi(sub) -> None:
+    from vistok.train.univi import add_univi_parser
+
+    add_univi_parser(sub)
+
+
 COMMANDS: list[tuple[str, str, Callable]] = [
     ("info", "print versions, the compute device and which optional extras are installed", _add_info),
     ("data", "inspect datasets and write the built-in samples", _add_data),
@@ -161,6 +167,11 @@ COMMANDS: list[tuple[str, str, Callable]] = [
         _add_maskgit,
     ),
     ("merge", "Chat-UniVi dynamic visual tokens: merge patch tokens and draw the clusters", _add_merge),
+    (
+        "univi",
+        "Chat-UniVi: train a small vision-language model on merged visual tokens and ask it questions",
+        _add_univi,
+    ),
 ]
 _HELP = {name: help for name, help, _ in COMMANDS}
 
