@@ -82,6 +82,7 @@ class LVMTrainConfig:
     resume: bool = True
     progress: bool = True
     eval_items: int = 8
+    val_photos: str = "heldout"
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +97,8 @@ class LVMTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.val_sentences < 0:
             raise ValueError(f"val_sentences must be >= 0, got {self.val_sentences}")
+        if self.val_photos not in ("heldout", "train"):
+            raise ValueError(f"val_photos must be 'heldout' or 'train', got {self.val_photos!r}")
 
 
 @dataclass
@@ -112,22 +115,21 @@ class LVMTrainResult:
 
 
 def build_sentences(config: LVMTrainConfig, split: str) -> Dataset:
-    """The training (``split="train"``) or held-out sentences the config asks for."""
+    """The training (``split="train"``) or held-out sentences the config asks for.
+
+    Built-in data: held-out sentences come from the two held-out photos (``val_photos="heldout"``, the default), or
+    are new sentences of the training photos (``"train"``: other camera paths, sprites, crops and pairings, drawn with
+    another seed) — unseen sentences, seen photos.
+    """
     c = config
     if c.data == "samples":
         kinds = [k for k in c.kinds if k != "folder"]
         if not kinds:
             raise ValueError("--kinds folder needs --data DIR (one subfolder of images per sentence)")
-        count = c.sentences if split == "train" else c.val_sentences
-        return builtin_sentences(
-            "train" if split == "train" else "heldout",
-            c.image_size,
-            kinds,
-            count,
-            c.frames,
-            c.pairs,
-            seed=c.seed + (split != "train"),
-        )
+        if split == "train":
+            return builtin_sentences("train", c.image_size, kinds, c.sentences, c.frames, c.pairs, seed=c.seed)
+        seed = c.seed + 1 if c.val_photos == "heldout" else c.seed + 100_003
+        return builtin_sentences(c.val_photos, c.image_size, kinds, c.val_sentences, c.frames, c.pairs, seed=seed)
     root = Path(c.data).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"--data {c.data}: no such folder (or use --data samples)")
@@ -558,6 +560,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         progress=not args.quiet,
         eval_items=args.eval_items,
+        val_photos=args.val_photos,
     )
     print(train_lvm(cfg).summary)
     return 0
@@ -591,6 +594,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         frames=args.frames,
         val_sentences=args.items,
+        val_photos=args.val_photos,
+        kinds=_csv(args.kinds),
         progress=not args.quiet,
     )
     val = build_sentences(cfg, "val")
@@ -647,6 +652,13 @@ def add_lvm_parser(subparsers: Any) -> None:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--eval-items", type=int, default=8, help="held-out sentences per task in the pictures/metrics")
+    p.add_argument(
+        "--val-photos",
+        default="heldout",
+        choices=("heldout", "train"),
+        help="built-in data: held-out sentences from the held-out photos (default) or new sentences of "
+        "the training photos",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out has checkpoints")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -683,6 +695,13 @@ def add_lvm_parser(subparsers: Any) -> None:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--items", type=int, default=16, help="held-out sentences per kind (default 16)")
+    p.add_argument("--kinds", default="video,pairs,list", help="sentence kinds to evaluate (default video,pairs,list)")
+    p.add_argument(
+        "--val-photos",
+        default="heldout",
+        choices=("heldout", "train"),
+        help="built-in data: the held-out photos, or new sentences of the training photos",
+    )
     p.add_argument("--out", default="lvm_eval", help="output folder (default lvm_eval)")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("-q", "--quiet", action="store_true")
