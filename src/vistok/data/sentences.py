@@ -179,7 +179,8 @@ class SentenceFormat:
 
     def decode(self, ids: Tensor | np.ndarray | Sequence[int]) -> Tensor:
         """A sentence (with or without BOS/EOS) → its (k, h, w) image grids; raises on a malformed sequence."""
-        x = torch.as_tensor(np.array(ids, dtype=np.int64)).reshape(-1)
+        x = ids.long() if isinstance(ids, Tensor) else torch.as_tensor(np.array(ids, dtype=np.int64))
+        x = x.reshape(-1)
         if x.numel() and x[0] == self.bos:
             x = x[1:]
         if x.numel() and x[-1] == self.eos:
