@@ -153,6 +153,12 @@ def _add_univi(sub) -> None:
     add_univi_parser(sub)
 
 
+def _add_digit(sub) -> None:
+    from vistok.train.dino import add_digit_parser
+
+    add_digit_parser(sub)
+
+
 COMMANDS: list[tuple[str, str, Callable]] = [
     ("info", "print versions, the compute device and which optional extras are installed", _add_info),
     ("data", "inspect datasets and write the built-in samples", _add_data),
@@ -167,6 +173,7 @@ COMMANDS: list[tuple[str, str, Callable]] = [
         _add_maskgit,
     ),
     ("merge", "Chat-UniVi dynamic visual tokens: merge patch tokens and draw the clusters", _add_merge),
+    ("digit", "DiGIT: discriminative tokens from k-means over self-supervised features", _add_digit),
     (
         "univi",
         "Chat-UniVi: train a small vision-language model on merged visual tokens and ask it questions",
