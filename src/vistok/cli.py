@@ -159,6 +159,12 @@ def _add_digit(sub) -> None:
     add_digit_parser(sub)
 
 
+def _add_transfusion(sub) -> None:
+    from vistok.train.transfusion_cli import add_transfusion_parser
+
+    add_transfusion_parser(sub)
+
+
 COMMANDS: list[tuple[str, str, Callable]] = [
     ("info", "print versions, the compute device and which optional extras are installed", _add_info),
     ("data", "inspect datasets and write the built-in samples", _add_data),
@@ -173,6 +179,11 @@ COMMANDS: list[tuple[str, str, Callable]] = [
         _add_maskgit,
     ),
     ("merge", "Chat-UniVi dynamic visual tokens: merge patch tokens and draw the clusters", _add_merge),
+    (
+        "transfusion",
+        "Transfusion: one model for text and images (train on captioned scenes, generate, caption)",
+        _add_transfusion,
+    ),
     ("digit", "DiGIT: discriminative tokens from k-means over self-supervised features", _add_digit),
     (
         "univi",
