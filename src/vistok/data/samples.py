@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from vistok._optional import MissingDependencyError
 from vistok.data.transforms import CROPS, CropBox, crop_box, frames_to_tensor, to_tensor, to_uint8
+from vistok.eval.pictures import save_png
 
 # ------------------------------------------------------------------------------------------------ the photos
 
@@ -609,17 +610,6 @@ def contact_sheet(frames: np.ndarray, gap: int = 2) -> Image.Image:
     return Image.fromarray(sheet)
 
 
-def _write_png(img: Image.Image, path: Path) -> None:
-    """Save a PNG atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_samples(
     out: str | os.PathLike,
     size: int = 256,
@@ -646,14 +636,14 @@ def write_samples(
         for split in splits:
             photos = SamplePhotos(size=size, split=split, crop="center")
             for i, name in enumerate(photos.names):
-                _write_png(Image.fromarray(to_uint8(photos[i]["pixels"])), out / "photos" / split / f"{name}.png")
+                save_png(Image.fromarray(to_uint8(photos[i]["pixels"])), out / "photos" / split / f"{name}.png")
                 bar.update()
         described = []
         for i in range(num_clips):
             frames, info = videos.render(i), videos.describe(i)
             stem = out / "clips" / f"clip_{i:03d}_{info['motion']}"
             write_video(stem.with_suffix(".mp4"), frames, fps=videos.fps)
-            _write_png(contact_sheet(frames), stem.with_suffix(".png"))
+            save_png(contact_sheet(frames), stem.with_suffix(".png"))
             described.append(info)
             bar.update()
     if num_clips:

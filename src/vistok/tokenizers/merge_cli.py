@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import colorsys
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
+
+from vistok.eval.pictures import save_png
 
 GAP = 4  # white pixels between panels
 TITLE = 14  # height of a panel's title band
@@ -92,17 +93,6 @@ def vstack(images: Sequence[Image.Image], gap: int = GAP) -> Image.Image:
         out.paste(i, (0, y))
         y += i.height + gap
     return out
-
-
-def _write_png(img: Image.Image, path: Path) -> None:
-    """Save atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------- pictures
@@ -270,7 +260,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 f"{int(res.valid.sum())} merged tokens; a frame strip coloured by event, then per event the cluster "
                 f"maps of {len(stages)} stages"
             )
-    _write_png(picture, out)
+    save_png(picture, out)
     print(f"wrote {out} ({picture.width}x{picture.height}): {args.input}: {detail}.")
     return 0
 

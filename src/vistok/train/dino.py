@@ -46,7 +46,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vistok.eval.pictures import save_png
 from vistok.models.vit import DINOHead, ViT, ViTConfig
 from vistok.train.distributed import all_reduce_mean, unwrap_model
 from vistok.train.loop import TrainConfig, Trainer, TrainResult
@@ -710,17 +710,6 @@ def _encoder(c: DigitFitConfig, datasets: dict[str, Any], out: Path, info: Any) 
     return ViTFeatureEncoder(teacher, c.layer), record
 
 
-def _write_png(img: Any, path: Path) -> None:
-    """Save a PIL picture atomically (temporary file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def fit_digit(config: DigitFitConfig, info: Any = None) -> DigitFitResult:
     """Train (or load) the encoder, fit the codebook, write the tokenizer, a token-map picture and a summary."""
     from vistok.tokenizers.digit import DigitConfig, DigitTokenizer, token_map_picture
@@ -741,7 +730,7 @@ def fit_digit(config: DigitFitConfig, info: Any = None) -> DigitFitResult:
         )
         tok.save_pretrained(tok_dir)
         show, names = _show_pixels(datasets["show"], c.picture_images)
-        _write_png(token_map_picture(tok, show, titles=names), picture)
+        save_png(token_map_picture(tok, show, titles=names), picture)
         from vistok.tokenizers.digit import cluster_stats
 
         ids = tok.encode(show)
