@@ -824,3 +824,7 @@ def add_digit_parser(subparsers: Any) -> None:
     p.add_argument("--no-resume", action="store_true", help="start the DINO training afresh")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_fit)
+
+    from vistok.train.digit_ar import add_digit_train_parser
+
+    add_digit_train_parser(gs)  # `digit train` (a GPT over DiGIT tokens) and `digit compare`

@@ -1,0 +1,721 @@
+"""DiGIT's generative model at small scale: a GPT over image token grids, and the comparison that matters.
+
+DiGIT (Zhu et al., NeurIPS 2024; ``PAPERS.md`` §5) claims that tokens from k-means over self-supervised features are
+more *modelable* than reconstruction-trained ones: a GPT trained on them predicts the next token better and learns
+features a linear probe reads well. This module trains that GPT on any token-shard folder and runs the comparison at
+equal model size and training budget against the shipped MAGVIT-v2 tokenizer.
+
+**Sequences.** ``[c] + ids`` with ``ids`` the ``h·w`` token ids of one picture in raster order and ``c`` one token
+*above* the image vocabulary ``[0, K)``: ``K + label`` for a class-conditional model (labels from the shards), or
+``BOS = K + num_classes`` for an unconditional one (also used for a dropped class, ``class_dropout``). The GPT is the
+vistok :class:`~vistok.models.transformer.Transformer` (LLaMA-style, causal) with ``vocab_size = K + num_classes + 1``
+and ``max_seq_len = 1 + h·w``; the loss is next-token cross-entropy over the ``h·w`` image positions, the softmax
+taken over the image ids only (the model is never asked for a class token). Sampling
+(:func:`sample_grids`) prefills ``[c]`` and runs :func:`vistok.generate.ar.generate` with a plan that allows image
+ids only.
+
+**The comparison** (:func:`compare_tokenizers`): the same GPT (same shape, steps, batch, lr, seed) is trained,
+unconditionally, on each tokenizer's ids of the *same* random crops of the built-in training photos, then scored on
+
+- held-out next-token accuracy, perplexity and **bits per token / log₂ K** (= mean NLL / ln K: 1 is a uniform guess
+  over the vocabulary, 0 perfect), on new crops of the training photos (another seed) and on the held-out photos —
+  raw perplexities of a 256-word and a 1,024-word vocabulary do not compare, the normalised number does, roughly
+  (it is the fraction of the vocabulary's capacity left unexplained; a larger K's ids also carry more information,
+  so equal values do not mean equal modelling); the unigram model of the training ids is given as a baseline;
+- **linear probe** (:func:`vistok.train.dino.linear_probe`) of the GPT's hidden states mean-pooled over the image
+  positions (final normed layer, and the middle block's output, where DiGIT reads its probe), classes = source
+  photo, train/test = two new sets of zoomed-in crops of the training photos (zoom 3–8, as ``vistok digit fit``'s
+  probe: at the training zoom a colour histogram alone names the photo); the probe of the tokens' own bag-of-words
+  histogram is the baseline the GPT has to beat.
+
+Generated-sample quality is *not* measured: DiGIT tokens have no pixel decoder yet (DiGIT trains a second model for
+that), so there is nothing to compute an FID of.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+__all__ = [
+    "CompareConfig",
+    "DigitARConfig",
+    "TokenLayout",
+    "TokenSequences",
+    "add_digit_train_parser",
+    "compare_tokenizers",
+    "digit_ar_loss",
+    "evaluate_token_gpt",
+    "format_compare_table",
+    "gpt_features",
+    "load_token_gpt",
+    "sample_grids",
+    "tokenize_pictures",
+    "train_token_gpt",
+]
+
+LAYOUT_NAME = "digit_ar.json"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sequences
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the ids of a GPT over token grids live: image ids ``[0, K)``, classes ``K + c``, BOS ``K + C``."""
+
+    codebook_size: int
+    grid: tuple[int, int]
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        if self.codebook_size < 1 or len(self.grid) != 2 or min(self.grid) < 1 or self.num_classes < 0:
+            raise ValueError(f"bad layout: K={self.codebook_size}, grid={self.grid}, classes={self.num_classes}")
+
+    @property
+    def bos_id(self) -> int:
+        return self.codebook_size + self.num_classes
+
+    @property
+    def vocab_size(self) -> int:
+        return self.codebook_size + self.num_classes + 1
+
+    @property
+    def image_length(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def seq_len(self) -> int:
+        return 1 + self.image_length
+
+    def class_id(self, label: int | Tensor) -> int | Tensor:
+        return self.codebook_size + label
+
+    def image_mask(self) -> Tensor:
+        """Bool (vocab_size,): True for the image ids."""
+        mask = torch.zeros(self.vocab_size, dtype=torch.bool)
+        mask[: self.codebook_size] = True
+        return mask
+
+    def build(self, grids: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Sequences (B, 1 + h·w): the class token (or BOS where ``labels`` is None or < 0), then the raster ids."""
+        grids = torch.as_tensor(grids).long()
+        if grids.ndim == 2:
+            grids = grids[None]
+        if tuple(grids.shape[1:]) != self.grid:
+            raise ValueError(f"grids must be (B, {self.grid[0]}, {self.grid[1]}), got {tuple(grids.shape)}")
+        if grids.numel() and (int(grids.min()) < 0 or int(grids.max()) >= self.codebook_size):
+            raise ValueError(f"image ids must lie in [0, {self.codebook_size})")
+        first = torch.full((len(grids), 1), self.bos_id, dtype=torch.long)
+        if labels is not None:
+            labels = torch.as_tensor(labels).long().reshape(-1)
+            if len(labels) != len(grids):
+                raise ValueError(f"{len(labels)} labels for {len(grids)} grids")
+            if len(labels) and int(labels.max()) >= self.num_classes:
+                raise ValueError(f"labels must be < num_classes={self.num_classes}")
+            first[:, 0] = torch.where(labels >= 0, self.codebook_size + labels, self.bos_id)
+        return torch.cat([first, grids.flatten(1)], dim=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"codebook_size": self.codebook_size, "grid": list(self.grid), "num_classes": self.num_classes}
+
+
+class TokenSequences(Dataset):
+    """A token-shard folder as GPT sequences: item ``i`` = ``{"ids": (1 + h·w,), "label": int}`` (held in memory)."""
+
+    def __init__(self, shards_dir: str | Path, layout: TokenLayout | None = None, conditional: bool = False):
+        from vistok.data.shards import ShardReader
+
+        reader = ShardReader(shards_dir)
+        if len(reader) == 0:
+            raise ValueError(f"{shards_dir} holds no items")
+        grids = torch.from_numpy(np.stack([np.asarray(reader[i], dtype=np.int64) for i in range(len(reader))]))
+        if grids.ndim == 4 and grids.shape[1] == 1:
+            grids = grids[:, 0]
+        if grids.ndim != 3:
+            raise ValueError(
+                f"{shards_dir}: expected one 2-D grid per item, got items of shape {tuple(grids.shape[1:])}"
+            )
+        labels = reader.labels
+        self.labels = torch.from_numpy(labels).long() if labels is not None else torch.full((len(grids),), -1)
+        if conditional and labels is None:
+            raise ValueError(f"{shards_dir} has no labels: a class-conditional GPT needs them (or train unconditional)")
+        n_classes = int(self.labels.max()) + 1 if conditional else 0
+        self.layout = layout or TokenLayout(reader.vocab_size, tuple(grids.shape[1:]), n_classes)
+        self.conditional = conditional
+        self.grids, self.tokenizer, self.extra = grids, reader.tokenizer, reader.extra
+        self.ids = self.layout.build(grids, self.labels if conditional else None)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"ids": self.ids[i], "label": self.labels[i]}
+
+
+def digit_ar_loss(
+    model: nn.Module, batch: dict[str, Tensor], *, codebook_size: int, bos_id: int, class_dropout: float = 0.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Next-token cross-entropy over the image positions, softmax over the image ids; metrics: accuracy."""
+    ids = batch["ids"]
+    if class_dropout > 0 and model.training:
+        drop = torch.rand(len(ids), device=ids.device) < class_dropout
+        ids = ids.clone()
+        ids[drop, 0] = bos_id
+    logits = model(ids[:, :-1])[..., :codebook_size].float()
+    targets = ids[:, 1:]
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    with torch.no_grad():
+        acc = (logits.argmax(-1) == targets).float().mean()
+    return loss, {"acc": acc}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DigitARConfig:
+    """The GPT and its training (``vistok digit train --help``). The model: vistok's Transformer of this shape."""
+
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    conditional: bool = False
+    class_dropout: float = 0.0
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 40
+    weight_decay: float = 0.05
+    min_lr_ratio: float = 0.1
+    clip_grad: float | None = 1.0
+    log_every: int = 50
+    ckpt_every: int = 0
+    seed: int = 0
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "n_layers", "n_heads", "steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ValueError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
+
+    def model_config(self, layout: TokenLayout) -> Any:
+        from vistok.models.transformer import TransformerConfig
+
+        return TransformerConfig(
+            vocab_size=layout.vocab_size, dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads, multiple_of=16, max_seq_len=layout.seq_len, causal=True,
+        )  # fmt: skip
+
+
+@dataclass
+class TokenGPTResult:
+    model: Any
+    layout: TokenLayout
+    model_dir: Path | None
+    final_loss: float | None
+    elapsed_s: float
+
+
+def train_token_gpt(
+    shards_dir: str | Path,
+    config: DigitARConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    info: Any = None,
+) -> TokenGPTResult:
+    """Train a GPT on the grids of a token-shard folder; with ``out``: checkpoints there and the model (plus
+    ``digit_ar.json``, the layout) in ``out/model`` (``save_pretrained``; reload with :func:`load_token_gpt`)."""
+    from vistok.models.transformer import Transformer
+    from vistok.train.distributed import init_distributed
+    from vistok.train.loop import TrainConfig, Trainer
+
+    c, t0 = config or DigitARConfig(), time.perf_counter()
+    info = info or init_distributed()
+    data = TokenSequences(shards_dir, conditional=c.conditional)
+    layout = data.layout
+    torch.manual_seed(c.seed)
+    model = Transformer(c.model_config(layout))
+    out_path = Path(out) if out is not None else None
+    tc = TrainConfig(
+        steps=c.steps, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
+        warmup=min(c.warmup, c.steps // 2), min_lr_ratio=c.min_lr_ratio, clip_grad=c.clip_grad,
+        log_every=c.log_every, ckpt_every=c.ckpt_every,
+        out_dir=str(out_path) if out_path is not None else None, resume=c.resume, seed=c.seed, progress=c.progress,
+    )  # fmt: skip
+
+    def loss_fn(m: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        return digit_ar_loss(
+            m, batch, codebook_size=layout.codebook_size, bos_id=layout.bos_id, class_dropout=c.class_dropout
+        )
+
+    run_config = {"digit_ar": asdict(c), "layout": layout.to_dict(), "shards": str(shards_dir)}
+    trainer = Trainer(model, None, loss_fn, data, tc, info=info, run_config=run_config)
+    res = trainer.fit()
+    model.eval()
+    model_dir = None
+    if out_path is not None and info.is_main:
+        model_dir = model.save_pretrained(out_path / "model")
+        record = {
+            "layout": layout.to_dict(),
+            "conditional": c.conditional,
+            "tokenizer": data.tokenizer,
+            "shards": str(Path(shards_dir).resolve()),
+        }
+        (model_dir / LAYOUT_NAME).write_text(json.dumps(record, indent=2))
+    loss = res.last_metrics.get("loss")
+    return TokenGPTResult(model, layout, model_dir, None if loss is None else float(loss), time.perf_counter() - t0)
+
+
+def load_token_gpt(model_dir: str | Path) -> tuple[Any, TokenLayout]:
+    """A GPT written by :func:`train_token_gpt` (``out/model``) and its layout."""
+    from vistok.hub import from_pretrained
+
+    record = json.loads((Path(model_dir) / LAYOUT_NAME).read_text())
+    lay = record["layout"]
+    return from_pretrained(model_dir).eval(), TokenLayout(lay["codebook_size"], tuple(lay["grid"]), lay["num_classes"])
+
+
+@torch.no_grad()
+def sample_grids(
+    model: Any,
+    layout: TokenLayout,
+    n: int | None = None,
+    *,
+    labels: Sequence[int] | Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = 0,
+) -> Tensor:
+    """Sample (B, h, w) image ids: after BOS (``n`` grids) or after each class token of ``labels``; greedy at
+    ``temperature=0``. Only image ids can be drawn."""
+    from vistok.generate.ar import generate
+
+    if labels is not None:
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        if layout.num_classes == 0:
+            raise ValueError("this GPT is unconditional: pass n, not labels")
+        if int(labels.min()) < 0 or int(labels.max()) >= layout.num_classes:
+            raise ValueError(f"labels must lie in [0, {layout.num_classes})")
+        prompt = (layout.codebook_size + labels)[:, None]
+    else:
+        if n is None or n < 1:
+            raise ValueError("pass n >= 1 (unconditional) or labels")
+        prompt = torch.full((n, 1), layout.bos_id, dtype=torch.long)
+    allowed = layout.image_mask()
+    out = generate(
+        model, prompt, layout.image_length, temperature=temperature, top_k=top_k, seed=seed, plan=lambda t: allowed
+    )
+    return out[:, 1:].reshape(-1, *layout.grid).cpu()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def evaluate_token_gpt(model: Any, layout: TokenLayout, ids: Tensor, batch_size: int = 64) -> dict[str, float]:
+    """Held-out next-token metrics of sequences ``ids`` (B, 1 + h·w) over the image positions (softmax over image
+    ids): accuracy, NLL (nats), perplexity, bits per token and bits per token / log₂ K."""
+    model.eval()
+    nll = correct = count = 0.0
+    for chunk in ids.split(batch_size):
+        chunk = chunk.to(_device(model))
+        logits = model(chunk[:, :-1])[..., : layout.codebook_size].float()
+        t = chunk[:, 1:]
+        nll += float(F.cross_entropy(logits.flatten(0, 1), t.flatten(), reduction="sum"))
+        correct += float((logits.argmax(-1) == t).sum())
+        count += t.numel()
+    return _scores(nll / count, correct / count, layout.codebook_size) | {"tokens": int(count)}
+
+
+def _scores(nll: float, acc: float, k: int) -> dict[str, float]:
+    bits = nll / math.log(2)
+    return {
+        "accuracy": acc,
+        "nll": nll,
+        "perplexity": math.exp(nll),
+        "bits": bits,
+        "bits_per_log2k": bits / math.log2(k),
+    }
+
+
+def unigram_scores(train_grids: Tensor, test_grids: Tensor, k: int) -> dict[str, float]:
+    """The add-one-smoothed unigram of the training ids, scored on the test ids (the no-context baseline)."""
+    counts = torch.bincount(train_grids.flatten(), minlength=k).double() + 1
+    logp = (counts / counts.sum()).log()
+    t = test_grids.flatten()
+    return _scores(float(-logp[t].mean()), float((t == logp.argmax()).double().mean()), k)
+
+
+@torch.no_grad()
+def gpt_features(model: Any, ids: Tensor, layers: Sequence[int | None] = (None,), batch_size: int = 64) -> list[Tensor]:
+    """Hidden states mean-pooled over the image positions of full sequences ``ids`` (B, 1 + h·w), one (B, dim) per
+    entry of ``layers``: ``None`` = the final normed hidden state, ``i`` = the output of block ``i``."""
+    model.eval()
+    captured: dict[int, Tensor] = {}
+    hooks = [
+        model.layers[i].register_forward_hook(lambda mod, args, out, i=i: captured.__setitem__(i, out))
+        for i in {i for i in layers if i is not None}
+    ]
+    outs: list[list[Tensor]] = [[] for _ in layers]
+    try:
+        for chunk in ids.split(batch_size):
+            final = model.forward_hidden(chunk.to(_device(model)))
+            for j, i in enumerate(layers):
+                h = final if i is None else captured[i]
+                outs[j].append(h[:, 1:].float().mean(1).cpu())
+    finally:
+        for h in hooks:
+            h.remove()
+    return [torch.cat(o) for o in outs]
+
+
+def bag_of_tokens(grids: Tensor, k: int) -> Tensor:
+    """Token histograms (B, K) normalised to frequencies."""
+    flat = grids.flatten(1)
+    hist = torch.zeros(len(flat), k).scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float))
+    return hist / flat.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tokenizing pictures (any tokenizer) into shards
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_grids(tokenizer: Any, pixels: Tensor) -> Tensor:
+    """(B, h, w) int64 ids on the CPU from a DiGIT tokenizer or a pixel tokenizer (MAGVIT-v2: an image's single
+    latent frame)."""
+    from vistok.tokenizers.digit import DigitTokenizer
+
+    device = getattr(tokenizer, "device", None)
+    if not isinstance(device, torch.device):
+        device = next(iter(tokenizer.parameters()), torch.empty(0)).device
+    pixels = pixels.to(device)
+    ids = tokenizer.encode(pixels) if isinstance(tokenizer, DigitTokenizer) else tokenizer.encode(pixels, pad=True)
+    ids = ids.long().cpu()
+    return ids[:, 0] if ids.ndim == 4 else ids
+
+
+def tokenize_pictures(
+    tokenizer: Any, dataset: Any, out_dir: str | Path, *, batch_size: int = 64, fresh: bool = True
+) -> Path:
+    """Tokenize a dataset of ``{"pixels", "label"}`` items into a labelled shard folder (removed first if ``fresh``)."""
+    from vistok.data.shards import ShardWriter
+    from vistok.hub import config_to_dict
+
+    out = Path(out_dir)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    first = encode_grids(tokenizer, dataset[0]["pixels"][None])
+    record = {"config": config_to_dict(tokenizer.config)} if hasattr(tokenizer, "config") else None
+    name = getattr(type(tokenizer), "model_type", type(tokenizer).__name__)
+    with ShardWriter(
+        out, int(tokenizer.codebook_size), name, record, grid_shape=first.shape[1:], commit_every=4096, fsync=False
+    ) as w:
+        for start in range(w.num_items, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            ids = encode_grids(tokenizer, torch.stack([it["pixels"] for it in items]))
+            for g, it in zip(ids, items):
+                w.append(g.numpy(), int(it["label"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The comparison
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompareConfig:
+    """The data and budget of :func:`compare_tokenizers`; ``gpt`` is the same for every tokenizer."""
+
+    out: str = "runs/digit/compare"
+    size: int = 64
+    train_images: int = 2000
+    val_images: int = 256
+    probe_images: int = 700
+    scale_range: tuple[float, float] = (1.0, 3.0)
+    probe_scale_range: tuple[float, float] = (3.0, 8.0)
+    seed: int = 0
+    gpt: DigitARConfig = field(default_factory=lambda: DigitARConfig(conditional=False, progress=False))
+
+    def __post_init__(self) -> None:
+        for name in ("size", "train_images", "val_images", "probe_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.scale_range, self.probe_scale_range = tuple(self.scale_range), tuple(self.probe_scale_range)
+
+
+def compare_datasets(c: CompareConfig) -> dict[str, Any]:
+    """Training crops, held-out crops (new seed) of the training photos, crops of the held-out photos, and the two
+    probe sets (zoomed-in crops of the training photos)."""
+    from vistok.data.samples import SamplePhotos
+
+    def photos(split: str, n: int, seed: int, scale: tuple[float, float]) -> Any:
+        return SamplePhotos(size=c.size, split=split, length=n, scale_range=scale, seed=seed)
+
+    return {
+        "train": photos("train", c.train_images, c.seed, c.scale_range),
+        "val_crops": photos("train", c.val_images, c.seed + 1000, c.scale_range),
+        "val_photos": photos("heldout", c.val_images, c.seed + 2000, c.scale_range),
+        "probe_train": photos("train", c.probe_images, c.seed + 3000, c.probe_scale_range),
+        "probe_test": photos("train", c.probe_images, c.seed + 4000, c.probe_scale_range),
+    }
+
+
+def compare_tokenizers(
+    tokenizers: Mapping[str, Any], config: CompareConfig | None = None, *, log: Any = print
+) -> dict[str, Any]:
+    """Train the same unconditional GPT on each tokenizer's ids of the same crops and score it (module docstring).
+
+    ``tokenizers``: name → tokenizer module (a :class:`~vistok.tokenizers.digit.DigitTokenizer` or a pixel tokenizer
+    with ``encode(pixels, pad=True)`` and ``codebook_size``). Writes ``compare.json`` and ``compare.md`` (the table)
+    to ``config.out``; returns the report.
+    """
+    from vistok.train.dino import linear_probe
+
+    c = config or CompareConfig()
+    if not tokenizers:
+        raise ValueError("pass at least one tokenizer")
+    gpt_cfg = replace(c.gpt, conditional=False, class_dropout=0.0)
+    out = Path(c.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = compare_datasets(c)
+    rows: list[dict[str, Any]] = []
+    for name, tok in tokenizers.items():
+        t0 = time.perf_counter()
+        dirs = {s: tokenize_pictures(tok, ds, out / "tokens" / name / s) for s, ds in data.items()}
+        t_tok = time.perf_counter() - t0
+        seqs = {s: TokenSequences(d) for s, d in dirs.items()}
+        layout = seqs["train"].layout
+        log(f"[{name}] K={layout.codebook_size}, grid {layout.grid}: tokenized in {t_tok:.1f}s; training the GPT…")
+        res = train_token_gpt(dirs["train"], gpt_cfg, out / f"gpt_{name}")
+        model = res.model.eval()
+        row: dict[str, Any] = {
+            "tokenizer": name,
+            "K": layout.codebook_size,
+            "grid": list(layout.grid),
+            "params": model.num_params(),
+            "steps": gpt_cfg.steps,
+            "batch_size": gpt_cfg.batch_size,
+            "train_images": len(seqs["train"]),
+            "train_loss_last": res.final_loss,
+            "train_s": round(res.elapsed_s, 1),
+            "tokenize_s": round(t_tok, 1),
+            "train_codes_used": int(torch.unique(seqs["train"].grids).numel()),
+        }
+        for split in ("val_crops", "val_photos"):
+            m = evaluate_token_gpt(model, layout, seqs[split].ids)
+            row[split] = m
+            row[f"{split}_unigram"] = unigram_scores(seqs["train"].grids, seqs[split].grids, layout.codebook_size)
+        mid = max(0, model.config.n_layers // 2 - 1)
+        tr_final, tr_mid = gpt_features(model, seqs["probe_train"].ids, (None, mid))
+        te_final, te_mid = gpt_features(model, seqs["probe_test"].ids, (None, mid))
+        ytr, yte = seqs["probe_train"].labels, seqs["probe_test"].labels
+        bow = [bag_of_tokens(seqs[s].grids, layout.codebook_size) for s in ("probe_train", "probe_test")]
+        row["probe"] = {
+            "final": linear_probe((tr_final, ytr), (te_final, yte)),
+            "mid": linear_probe((tr_mid, ytr), (te_mid, yte)),
+            "mid_block": mid,
+            "bag_of_tokens": linear_probe((bow[0], ytr), (bow[1], yte)),
+        }
+        rows.append(row)
+        log(format_compare_table({"rows": [row]}).splitlines()[-1])
+    report = {"config": asdict(c), "rows": rows, "classes": len(torch.unique(ytr))}
+    (out / "compare.json").write_text(json.dumps(report, indent=2))
+    (out / "compare.md").write_text(format_compare_table(report) + "\n")
+    return report
+
+
+TABLE_FIELDS = (
+    "tokenizer", "K", "grid", "params", "steps×batch", "crops: acc", "crops: ppl", "crops: bits/log2K",
+    "crops: unigram bits/log2K", "photos: acc", "photos: ppl", "photos: bits/log2K", "photos: unigram bits/log2K",
+    "probe final", "probe mid block", "probe bag-of-tokens",
+)  # fmt: skip
+
+
+def format_compare_table(report: Mapping[str, Any]) -> str:
+    """The comparison as a Markdown table (one row per tokenizer; fields :data:`TABLE_FIELDS`)."""
+    lines = ["| " + " | ".join(TABLE_FIELDS) + " |", "|" + "---|" * len(TABLE_FIELDS)]
+    for r in report["rows"]:
+        p = r["probe"]
+        cells = [
+            r["tokenizer"], str(r["K"]), f"{r['grid'][0]}x{r['grid'][1]}", f"{r['params'] / 1e6:.2f}M",
+            f"{r['steps']}x{r['batch_size']}",
+        ]  # fmt: skip
+        for split in ("val_crops", "val_photos"):
+            m, u = r[split], r[f"{split}_unigram"]
+            cells += [f"{m['accuracy']:.3f}", f"{m['perplexity']:.1f}", f"{m['bits_per_log2k']:.3f}"]
+            cells.append(f"{u['bits_per_log2k']:.3f}")
+        cells += [f"{p['final']:.3f}", f"{p['mid']:.3f}", f"{p['bag_of_tokens']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI: vistok digit {train, compare}
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _gpt_args(p: argparse.ArgumentParser, steps: int) -> None:
+    p.add_argument("--dim", type=int, default=128, help="GPT width (default 128)")
+    p.add_argument("--layers", type=int, default=4, help="GPT blocks (default 4)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    p.add_argument("--steps", type=int, default=steps, help=f"training steps (default {steps})")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default 32)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--warmup", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _gpt_config(args: argparse.Namespace, **kw: Any) -> DigitARConfig:
+    return DigitARConfig(
+        dim=args.dim, n_layers=args.layers, n_heads=args.heads, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, warmup=args.warmup, seed=args.seed, progress=not args.quiet, **kw,
+    )  # fmt: skip
+
+
+def _load_digit(path: str) -> Any:
+    from vistok.tokenizers.digit import DigitTokenizer
+
+    return DigitTokenizer.from_pretrained(path).eval()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    tokens = Path(args.tokens) if args.tokens else None
+    if tokens is None:
+        if not args.tokenizer:
+            raise SystemExit("pass --tokens DIR (a token-shard folder) or --tokenizer DIR (a DiGIT tokenizer folder)")
+        from vistok.data.samples import SamplePhotos
+
+        ds = SamplePhotos(size=args.size, split="train", length=args.images, seed=args.seed)
+        tokens = tokenize_pictures(_load_digit(args.tokenizer), ds, out / "tokens" / "train")
+    cfg = _gpt_config(
+        args, conditional=not args.unconditional, class_dropout=args.class_dropout, resume=not args.no_resume
+    )
+    res = train_token_gpt(tokens, cfg, out)
+    lay = res.layout
+    text = (
+        f"Trained a {'class-conditional' if cfg.conditional else 'unconditional'} GPT "
+        f"({res.model.num_params() / 1e6:.2f}M parameters) on the {lay.grid[0]}x{lay.grid[1]} grids in {tokens} "
+        f"(K={lay.codebook_size}, {lay.num_classes} classes) for {cfg.steps} steps in {res.elapsed_s:.0f}s; final "
+        f"loss {res.final_loss:.3f} (log K = {math.log(lay.codebook_size):.3f}). Model in {res.model_dir} "
+        f"(load_token_gpt)."
+    )
+    if args.samples:
+        labels = None
+        if lay.num_classes:
+            from vistok.data.shards import ShardReader
+
+            present = torch.from_numpy(np.unique(ShardReader(tokens).labels))  # classes seen in training
+            labels = present[torch.arange(args.samples) % len(present)]
+        grids = sample_grids(res.model, lay, args.samples, labels=labels, temperature=1.0, seed=args.seed)
+        (out / "samples.json").write_text(json.dumps({"labels": labels.tolist() if labels is not None else None,
+                                                       "grids": grids.tolist()}))  # fmt: skip
+        text += f" {args.samples} sampled grids (ids; no DiGIT pixel decoder yet) in {out / 'samples.json'}."
+    print(text)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from vistok.tokenizers.api import load_tokenizer
+
+    cfg = CompareConfig(
+        out=args.out, size=args.size, train_images=args.images, val_images=args.val_images,
+        probe_images=args.probe_images, seed=args.seed, gpt=_gpt_config(args, conditional=False, resume=False),
+    )  # fmt: skip
+    base = _load_digit(args.digit)
+    tokenizers: dict[str, Any] = {}
+    ks = [int(k) for k in args.k.split(",") if k.strip()] if args.k else []
+    for k in ks or [base.codebook_size]:
+        if k == base.codebook_size:
+            tokenizers[f"digit-K{k}"] = base
+            continue
+        from vistok.data.samples import SamplePhotos
+        from vistok.tokenizers.digit import DigitTokenizer
+
+        tok = DigitTokenizer(replace(base.config, num_clusters=k), encoder=base.encoder)
+        fit = SamplePhotos(size=args.size, split="train", length=args.fit_images, seed=args.seed + 1)
+        tokenizers[f"digit-K{k}"] = tok.fit(fit, batch_size=64, max_images=args.fit_images).eval()
+    if args.magvit != "none":
+        tokenizers["magvit2"] = load_tokenizer(None if args.magvit == "default" else args.magvit, device="cpu")
+    report = compare_tokenizers(tokenizers, cfg)
+    print(format_compare_table(report))
+    print(f"(held-out: {args.val_images} new crops of the training photos / of the held-out photos; probe: "
+          f"{report['classes']} photos, {args.probe_images} train / test crops at zoom 3-8; no sample quality: DiGIT "
+          f"ids have no pixel decoder yet). compare.json and compare.md in {args.out}.")  # fmt: skip
+    return 0
+
+
+def add_digit_train_parser(digit_subparsers: Any) -> None:
+    """Add ``train`` and ``compare`` to the ``vistok digit`` verbs (``digit_subparsers``: its sub-parser group)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = digit_subparsers.add_parser(
+        "train",
+        help="train a GPT on DiGIT token grids (a token-shard folder, or built-in photos via a DiGIT tokenizer)",
+        description=__doc__,
+        epilog="example:\n  vistok digit train --tokenizer runs/digit/tokenizer --out runs/digit/gpt\n"
+        "  vistok digit train --tokens runs/digit/tokens --unconditional --out runs/digit/gpt",
+        formatter_class=fmt,
+    )
+    p.add_argument("--tokens", default=None, help="a token-shard folder (with labels for a class-conditional GPT)")
+    p.add_argument("--tokenizer", default=None, help="a DiGIT tokenizer folder: tokenize built-in photo crops first")
+    p.add_argument("--size", type=int, default=64, help="crop side with --tokenizer (default 64)")
+    p.add_argument("--images", type=int, default=2000, help="crops to tokenize with --tokenizer (default 2000)")
+    p.add_argument("--unconditional", action="store_true", help="BOS instead of the class token")
+    p.add_argument("--class-dropout", type=float, default=0.1, help="class token → BOS with this probability")
+    p.add_argument("--samples", type=int, default=8, help="grids to sample after training (default 8; 0 = none)")
+    p.add_argument("--out", default="runs/digit/gpt", help="run folder (default runs/digit/gpt)")
+    p.add_argument("--no-resume", action="store_true")
+    _gpt_args(p, 400)
+    p.set_defaults(func=_cmd_train)
+
+    p = digit_subparsers.add_parser(
+        "compare",
+        help="same GPT, same budget, on DiGIT vs MAGVIT-v2 tokens: held-out bits/token/log2 K and linear probes",
+        description=__doc__,
+        epilog="example:\n  vistok digit compare --digit runs/digit/tokenizer --k 64,256,1024 --steps 300",
+        formatter_class=fmt,
+    )
+    p.add_argument("--digit", required=True, help="a DiGIT tokenizer folder (written by 'vistok digit fit')")
+    p.add_argument("--k", default=None, help="comma-separated K to refit k-means on its encoder (default: its own K)")
+    p.add_argument("--fit-images", type=int, default=1000, help="crops k-means sees when refitting (default 1000)")
+    p.add_argument("--magvit", default="default", help="'default' (shipped), a tokenizer folder, or 'none'")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--images", type=int, default=2000, help="training crops (default 2000)")
+    p.add_argument("--val-images", type=int, default=256, help="held-out crops per held-out set (default 256)")
+    p.add_argument("--probe-images", type=int, default=700, help="probe train / test crops (default 700 each)")
+    p.add_argument("--out", default="runs/digit/compare")
+    _gpt_args(p, 300)
+    p.set_defaults(func=_cmd_compare)
