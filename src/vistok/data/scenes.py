@@ -43,8 +43,9 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from vistok.data.samples import SPRITE_COLOURS, SPRITE_SHAPES, _check_index, _hw, _write_png, contact_sheet
+from vistok.data.samples import SPRITE_COLOURS, SPRITE_SHAPES, _check_index, _hw, contact_sheet
 from vistok.data.transforms import frames_to_tensor, to_tensor
+from vistok.eval.pictures import save_png
 
 __all__ = [
     "CAPTION_TEMPLATES",
@@ -749,18 +750,18 @@ def write_scenes(
     with tqdm(total=n + num_clips, desc="scenes", unit="file", file=sys.stderr, disable=not progress) as bar:
         for i in range(n):
             images.append(scenes.render(i))
-            _write_png(Image.fromarray(images[-1]), out / "scenes" / f"scene_{i:04d}.png")
+            save_png(Image.fromarray(images[-1]), out / "scenes" / f"scene_{i:04d}.png")
             bar.update()
         described = []
         for i in range(num_clips):
             info, frames = clips.describe(i), clips.render(i)
             stem = out / "clips" / f"clip_{i:03d}_{info['kind']}"
             write_video(stem.with_suffix(".mp4"), frames, fps=clips.fps)
-            _write_png(contact_sheet(frames), stem.with_suffix(".png"))
+            save_png(contact_sheet(frames), stem.with_suffix(".png"))
             described.append(info)
             bar.update()
     if n:
-        _write_png(_grid_sheet(images), out / "scenes" / "sheet.png")
+        save_png(_grid_sheet(images), out / "scenes" / "sheet.png")
         _write_jsonl([scenes.describe(i) for i in range(n)], out / "scenes" / "scenes.jsonl")
     if num_clips:
         _write_jsonl(described, out / "clips" / "clips.jsonl")
