@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numbers
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def _as_id_list(ids: Any) -> list[int]:
     return [int(i) for i in ids]
 
 
-class TextTokenizer:
+class TextTokenizer(ABC):
     """Base class: a base vocabulary of ``base_vocab_size`` ids, then the special ids, then reserved slots.
 
     Subclasses implement :meth:`_encode_text` (text → base ids) and :meth:`_decode_text` (base ids → text).
@@ -134,11 +135,13 @@ class TextTokenizer:
 
     # -- to implement
 
+    @abstractmethod
     def _encode_text(self, text: str) -> list[int]:
-        raise NotImplementedError
+        """Text → base-vocabulary ids."""
 
+    @abstractmethod
     def _decode_text(self, ids: list[int]) -> str:
-        raise NotImplementedError
+        """Base-vocabulary ids → text."""
 
     # -- encoding and decoding
 
