@@ -446,10 +446,12 @@ def builtin_sentences(
         if kind == "video":
             parts.append(VideoSentences(SyntheticVideos(frames, size, length=count, split=split, seed=seed)))
         elif kind == "pairs":
-            photos = SamplePhotos(size, split, length=max(64, 2 * pairs), seed=seed + 1)
+            # a pool of about one fresh crop per image slot, so sentences do not recycle a few crops
+            photos = SamplePhotos(size, split, length=max(64, count * pairs), seed=seed + 1)
             parts.append(PairSentences(photos, pairs=pairs, length=count, seed=seed))
         elif kind == "list":
-            photos = SamplePhotos(size, split, length=16 * len(SamplePhotos(size, split).names), seed=seed + 2)
+            names = len(SamplePhotos(size, split).names)
+            photos = SamplePhotos(size, split, length=max(16 * names, count * (frames // 2 or 1)), seed=seed + 2)
             parts.append(
                 ListSentences(
                     photos,
