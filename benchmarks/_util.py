@@ -141,3 +141,36 @@ def available_memory_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (None where unknown)."""
     kib = _read_kib("/proc/meminfo", "MemAvailable")
     return kib * 1024 if kib is not None else None
+
+
+def add_model_args(p, dim: int = 512, n_layers: int = 8, n_heads: int = 8) -> None:
+    """The backbone-size flags the decoding benchmarks share: ``--preset`` or the sizes."""
+    p.add_argument(
+        "--preset", default=None, help="a transformer or LVM preset (e.g. lvm-300m: its backbone); overrides the sizes"
+    )
+    p.add_argument("--dim", type=int, default=dim)
+    p.add_argument("--n-layers", type=int, default=n_layers)
+    p.add_argument("--n-heads", type=int, default=n_heads)
+    p.add_argument("--n-kv-heads", type=int, default=None, help="grouped-query attention (default: = heads)")
+    p.add_argument("--intermediate-size", type=int, default=None, help="SwiGLU hidden size (default: LLaMA's rule)")
+    p.add_argument("--vocab-size", type=int, default=8292)
+
+
+def backbone_config(args, max_seq_len: int = 4096):
+    """A :class:`TransformerConfig` from :func:`add_model_args`'s flags (an ``lvm-*`` preset gives its backbone)."""
+    from vistok.models import TransformerConfig
+    from vistok.models.lvm import LVMConfig
+
+    if args.preset:
+        if args.preset.startswith("lvm-"):
+            return LVMConfig.from_name(args.preset).backbone_config()
+        return TransformerConfig.from_name(args.preset)
+    return TransformerConfig(
+        vocab_size=args.vocab_size,
+        dim=args.dim,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        n_kv_heads=args.n_kv_heads,
+        intermediate_size=args.intermediate_size,
+        max_seq_len=max_seq_len,
+    )

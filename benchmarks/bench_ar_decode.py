@@ -35,28 +35,14 @@ import time
 from pathlib import Path
 
 import torch
-from _util import load_average, machine_info, median, sync, timed
+from _util import add_model_args, backbone_config, load_average, machine_info, median, sync, timed
 
 from vistok.generate import generate
 from vistok.models import Transformer, TransformerConfig, to_hf_llama
 
 
 def build_config(args: argparse.Namespace) -> TransformerConfig:
-    if args.preset:
-        if args.preset.startswith("lvm-"):  # an LVM preset: its backbone
-            from vistok.models.lvm import LVMConfig
-
-            return LVMConfig.from_name(args.preset).backbone_config()
-        return TransformerConfig.from_name(args.preset)
-    return TransformerConfig(
-        vocab_size=args.vocab_size,
-        dim=args.dim,
-        n_layers=args.n_layers,
-        n_heads=args.n_heads,
-        n_kv_heads=args.n_kv_heads,
-        intermediate_size=args.intermediate_size,
-        max_seq_len=max(4096, args.prompt_len + args.new_tokens),
-    )
+    return backbone_config(args, max_seq_len=max(4096, args.prompt_len + args.new_tokens))
 
 
 def load_hf(model: Transformer, folder: Path, device: torch.device):
@@ -176,17 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--preset",
-        default=None,
-        help="a transformer or LVM preset (e.g. lvm-300m: its backbone); overrides the size flags",
-    )
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--n-layers", type=int, default=8)
-    p.add_argument("--n-heads", type=int, default=8)
-    p.add_argument("--n-kv-heads", type=int, default=None, help="grouped-query attention (default: = heads)")
-    p.add_argument("--intermediate-size", type=int, default=None, help="SwiGLU hidden size (default: LLaMA's rule)")
-    p.add_argument("--vocab-size", type=int, default=8292)
+    add_model_args(p)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=256)

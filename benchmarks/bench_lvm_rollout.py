@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from _util import load_average, machine_info, median, sync, timed
+from _util import add_model_args, backbone_config, load_average, machine_info, median, sync, timed
 
 from vistok.generate import decode_step, frame_plan, generate, prefill
 from vistok.models import Transformer, TransformerConfig
@@ -50,15 +50,7 @@ EOI = VISUAL_CODES + 1  #: end-of-image
 
 
 def build_config(args: argparse.Namespace) -> TransformerConfig:
-    if args.preset:
-        if args.preset.startswith("lvm-"):  # an LVM preset: its backbone
-            from vistok.models.lvm import LVMConfig
-
-            return LVMConfig.from_name(args.preset).backbone_config()
-        return TransformerConfig.from_name(args.preset)
-    return TransformerConfig(
-        vocab_size=8292, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads
-    )
+    return backbone_config(args, max_seq_len=4096)
 
 
 def random_frames(n: int, tokens: int, batch: int, seed: int) -> torch.Tensor:
@@ -225,15 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--preset",
-        default=None,
-        help="a transformer or LVM preset (e.g. lvm-300m: its backbone); overrides the size flags",
-    )
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--n-layers", type=int, default=8)
-    p.add_argument("--n-heads", type=int, default=8)
-    p.add_argument("--n-kv-heads", type=int, default=None)
+    add_model_args(p)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--context-frames", type=int, default=8)
     p.add_argument("--new-frames", type=int, default=8)
