@@ -243,3 +243,17 @@ def test_builtin_packages_are_imported_on_first_miss(tmp_path, monkeypatch):
     finally:
         for name in ("fakevistokmodels", "fakevistokmodels.fakenet"):
             sys.modules.pop(name, None)
+
+
+def test_parse_override_reads_json_values_and_keeps_strings():
+    import argparse
+
+    from vistok.registry import parse_override
+
+    assert parse_override("dim=256") == ("dim", 256)
+    assert parse_override("grid=[8, 8]") == ("grid", [8, 8])
+    assert parse_override("causal=false") == ("causal", False)
+    assert parse_override("quantizer=lfq") == ("quantizer", "lfq")
+    assert parse_override("note=a=b") == ("note", "a=b")
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        parse_override("dim")

@@ -274,6 +274,21 @@ def _family_of(name: str) -> _Family:
     return _FAMILIES[preset.model_type] if preset is not None else _FAMILIES[name]
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """A command-line ``KEY=VALUE`` config override; VALUE is parsed as JSON when it is valid JSON (numbers, lists,
+    true/false, null), else kept as a string. For ``--model-arg`` options; raises ``argparse.ArgumentTypeError``."""
+    import argparse
+    import json
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def create_model(name: str, **overrides: Any) -> Any:
     """Build the model of preset (or family) ``name`` with config ``overrides``: ``create_model("foo-tiny", dim=16)``.
 

@@ -46,6 +46,7 @@ from vistok.data.sentences import (
     tokenize_sentences,
 )
 from vistok.layers import MaskSpec
+from vistok.registry import parse_override
 
 __all__ = ["LVMTrainConfig", "LVMTrainResult", "add_lvm_parser", "evaluate_lvm", "lvm_loss", "train_lvm"]
 
@@ -566,6 +567,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         eval_items=args.eval_items,
         val_photos=args.val_photos,
+        model_overrides=dict(args.model_arg),
     )
     print(train_lvm(cfg).summary)
     return 0
@@ -632,6 +634,8 @@ def add_lvm_parser(subparsers: Any) -> None:
     )
     p.add_argument("--out", default="runs/lvm", help="run folder: checkpoints, tokens, model, eval (default runs/lvm)")
     p.add_argument("--preset", default="lvm-tiny", help="model preset (lvm-tiny, lvm-300m, ...; default lvm-tiny)")
+    p.add_argument("--model-arg", type=parse_override, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field, e.g. --model-arg dim=256 (repeatable)")  # fmt: skip
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or preset (default: the shipped tokenizer)")
     p.add_argument(
         "--data",

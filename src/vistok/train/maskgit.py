@@ -57,6 +57,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from vistok.data.shards import META_NAME, ShardMapDataset, ShardReader, ShardWriter
+from vistok.registry import parse_override
 from vistok.train.distributed import barrier, cleanup, init_distributed, unwrap_model
 from vistok.train.loop import TrainConfig, Trainer
 from vistok.train.schedule import SCHEDULES
@@ -967,20 +968,10 @@ GENERATE_EXAMPLE = (
 )
 
 
-def _override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     d = MaskGITTrainConfig()
     p.add_argument("--preset", default=d.preset, help=f"MaskGIT preset (default {d.preset}; maskgit-small for a demo)")
-    p.add_argument("--model-arg", type=_override, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--model-arg", type=parse_override, action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config field, e.g. --model-arg n_layers=6 (repeatable)")  # fmt: skip
     p.add_argument("--data", default=None, help="'samples' (the built-in photos) or an image/video folder")
     p.add_argument("--shards", default=None, metavar="DIR", help="train on a token-shard folder instead of --data")

@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import time
@@ -76,6 +75,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from vistok.registry import parse_override
 from vistok.train.checkpoint import (
     load_resume_state,
     restore_rng_state,
@@ -868,23 +868,12 @@ TRAIN_EXAMPLE = (
 )
 
 
-def _override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE parsed as JSON when it is valid JSON (numbers, lists, true/false), else a string."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     d = TokenizerTrainConfig()
     p.add_argument("--preset", default=d.preset, help=f"tokenizer preset (default {d.preset})")
     p.add_argument(
         "--model-arg",
-        type=_override,
+        type=parse_override,
         action="append",
         default=[],
         metavar="KEY=VALUE",
