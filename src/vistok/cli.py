@@ -165,7 +165,14 @@ def _add_transfusion(sub) -> None:
     add_transfusion_parser(sub)
 
 
+def _add_demo(sub) -> None:
+    from vistok.demo.runner import add_demo_parser
+
+    add_demo_parser(sub)
+
+
 COMMANDS: list[tuple[str, str, Callable]] = [
+    ("demo", "run every system end to end on the built-in data and write report.html", _add_demo),
     ("info", "print versions, the compute device and which optional extras are installed", _add_info),
     ("data", "inspect datasets and write the built-in samples", _add_data),
     ("encode", "turn an image, a video or a folder into tokens", _add_encode),

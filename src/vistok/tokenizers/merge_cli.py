@@ -223,18 +223,26 @@ def _events_arg(value: str) -> int | str:
     return n
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
+def merge_picture(
+    pixels: Tensor,
+    kind: str,
+    frames: np.ndarray,
+    encode: Callable,
+    stages: Sequence[int] = (64, 32, 16),
+    ks: Sequence[int] | None = None,
+    events: int | str | None = None,
+    thumb: int = 96,
+) -> tuple[Image.Image, str]:
+    """The picture ``vistok merge show`` draws and a one-line description of it.
+
+    ``pixels``: (3, H, W) or (3, T, H, W) in [−1, 1]; ``frames``: the same as uint8 (H, W, 3) / (T, H, W, 3);
+    ``encode``: pixels → :class:`~vistok.tokenizers.merge.PatchFeatures` (e.g. ``magvit_features``)."""
     from vistok.tokenizers import merge
 
-    stages, ks = tuple(args.stages), tuple(args.ks) if args.ks else tuple(([5] + [3] * 8)[: len(args.stages)])
+    stages = tuple(stages)
+    ks = tuple(ks) if ks else tuple(([5] + [3] * 8)[: len(stages)])
     if len(ks) != len(stages):
         raise ValueError(f"--ks needs one k per stage: {len(stages)} stages, got {len(ks)} values")
-    encode, what = _encoder(args.features, args.model, args.device)
-    is_video = not args.input.startswith("builtin:") and Path(args.input).suffix.lower() in _video_exts()
-    size = args.size or (128 if is_video else 256)
-    pixels, kind, frames = _load_pixels(args.input, size, args.frames)
-    out = Path(args.out or f"{Path(args.input.split(':')[-1]).stem}_merged.png")
-    _log(args.quiet, f"merge show: {args.input} ({kind}, {'x'.join(map(str, pixels.shape[1:]))}) — features: {what}")
     with torch.inference_mode():
         if kind == "image":
             feats = encode(pixels)
@@ -242,7 +250,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             res = merge.multiscale_merge(feats.tokens, feats.positions, stages, ks)
             offsets = np.cumsum([0, *stages[:-1]])
             maps = stage_maps(res.assignments[0], offsets, (gh, gw))
-            counts = [int(res.valid[0, o : o + m].sum()) for o, m in zip(offsets, stages)]
+            counts = [int(res.valid[0, o : o + m].sum()) for o, m in zip(offsets, stages, strict=True)]
             picture = render_image(frames, maps, counts)
             detail = (
                 f"{gh * gw} patch tokens ({gh}x{gw}) → {' + '.join(map(str, counts))} = {sum(counts)} merged tokens; "
@@ -251,8 +259,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         else:
             feats = encode(pixels[None])
             t, gh, gw = feats.grid
-            res = merge.video_events(feats.tokens, args.events, stages, ks, positions=(gh, gw))
-            picture = render_video(frames, res, (gh, gw), stages, thumb=args.thumb)
+            res = merge.video_events(feats.tokens, events, stages, ks, positions=(gh, gw))
+            picture = render_video(frames, res, (gh, gw), stages, thumb=thumb)
             n_events = int(res.events.num_events[0])
             bounds = ", ".join(f"{int(a)}-{int(b) - 1}" for a, b in res.events.bounds[0, :n_events].tolist())
             detail = (
@@ -260,6 +268,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 f"{int(res.valid.sum())} merged tokens; a frame strip coloured by event, then per event the cluster "
                 f"maps of {len(stages)} stages"
             )
+    return picture, detail
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    encode, what = _encoder(args.features, args.model, args.device)
+    is_video = not args.input.startswith("builtin:") and Path(args.input).suffix.lower() in _video_exts()
+    size = args.size or (128 if is_video else 256)
+    pixels, kind, frames = _load_pixels(args.input, size, args.frames)
+    out = Path(args.out or f"{Path(args.input.split(':')[-1]).stem}_merged.png")
+    _log(args.quiet, f"merge show: {args.input} ({kind}, {'x'.join(map(str, pixels.shape[1:]))}) — features: {what}")
+    picture, detail = merge_picture(pixels, kind, frames, encode, args.stages, args.ks, args.events, args.thumb)
     save_png(picture, out)
     print(f"wrote {out} ({picture.width}x{picture.height}): {args.input}: {detail}.")
     return 0

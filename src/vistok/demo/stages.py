@@ -1,0 +1,893 @@
+"""The demo's stages: one function per system, each returning a :class:`~vistok.demo.report.StageResult`.
+
+Every stage runs vistok's own public training / evaluation functions (the same ones the ``vistok`` commands call) on
+the built-in data, with the sizes of the chosen profile (:data:`PROFILES`), writes its files into its own folder and
+reports held-out metrics next to trivial baselines. Nothing here has its own model code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vistok.demo.report import Metric, Picture, StageResult
+
+__all__ = ["PROFILES", "STAGES", "Stage", "StageContext"]
+
+
+@dataclass
+class StageContext:
+    """What a stage gets: its folder, the demo's root folder, its profile's sizes, the seed, the device."""
+
+    name: str
+    out: Path
+    root: Path
+    params: dict[str, Any]
+    profile: str
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+    tokenizer_path: str | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def rel(self, path: str | Path) -> str:
+        return str(Path(path).resolve().relative_to(self.root.resolve()))
+
+    def tokenizer(self) -> Any:
+        if "tokenizer" not in self.cache:
+            from vistok.tokenizers.api import load_tokenizer
+
+            self.cache["tokenizer"] = load_tokenizer(self.tokenizer_path, device=self.device)
+        return self.cache["tokenizer"]
+
+    def tokenizer_arg(self) -> str:
+        return f" --tokenizer {self.tokenizer_path}" if self.tokenizer_path else ""
+
+
+# Sizes per profile. "smoke" is for the test suite (seconds), "default" for `vistok demo` (≤ 5 min on 2 cores in
+# all), "full" trains longer for better results.
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "tokenizer": {"items": 2, "show": 2},
+        "lvm": {"sentences": 12, "val": 4, "frames": 3, "pairs": 1, "steps": 2, "batch": 2, "seq_len": 256, "eval": 1},
+        "maskgit": {"train": 32, "heldout": 8, "steps": 2, "batch": 4, "n": 1, "decode_steps": 4},
+        "transfusion": {"scenes": 16, "val": 4, "vae_steps": 2, "steps": 2, "batch": 4, "eval": 2, "eval_steps": 2},
+        "univi": {"images": 24, "videos": 8, "eval_images": 4, "eval_videos": 2, "steps": (1, 1, 2), "questions": 2},
+        "digit": {"ssl_steps": 1, "k": 8, "fit": 32, "probe": 16, "train": 32, "val": 8, "gpt_steps": 2, "n": 1},
+    },
+    "default": {
+        "tokenizer": {"items": 16, "show": 6},
+        "lvm": {
+            "sentences": 160,
+            "val": 8,
+            "frames": 4,
+            "pairs": 2,
+            "steps": 120,
+            "batch": 8,
+            "seq_len": 384,
+            "eval": 4,
+        },
+        "maskgit": {"train": 1024, "heldout": 64, "steps": 150, "batch": 32, "n": 4, "decode_steps": 12},
+        "transfusion": {
+            "scenes": 600,
+            "val": 32,
+            "vae_steps": 120,
+            "steps": 200,
+            "batch": 16,
+            "eval": 8,
+            "eval_steps": 20,
+        },
+        "univi": {
+            "images": 300,
+            "videos": 80,
+            "eval_images": 32,
+            "eval_videos": 16,
+            "steps": (60, 40, 120),
+            "questions": 4,
+        },
+        "digit": {
+            "ssl_steps": 60,
+            "k": 64,
+            "fit": 400,
+            "probe": 200,
+            "train": 400,
+            "val": 64,
+            "gpt_steps": 120,
+            "n": 4,
+        },
+    },
+    "full": {
+        "tokenizer": {"items": 64, "show": 8},
+        "lvm": {
+            "sentences": 1500,
+            "val": 24,
+            "frames": 8,
+            "pairs": 3,
+            "steps": 1500,
+            "batch": 8,
+            "seq_len": 1024,
+            "eval": 8,
+        },
+        "maskgit": {"train": 4096, "heldout": 256, "steps": 2000, "batch": 32, "n": 8, "decode_steps": 12},
+        "transfusion": {
+            "scenes": 2000,
+            "val": 64,
+            "vae_steps": 1500,
+            "steps": 3000,
+            "batch": 16,
+            "eval": 16,
+            "eval_steps": 25,
+        },
+        "univi": {
+            "images": 1200,
+            "videos": 400,
+            "eval_images": 64,
+            "eval_videos": 48,
+            "steps": (300, 200, 800),
+            "questions": 8,
+        },
+        "digit": {
+            "ssl_steps": 300,
+            "k": 256,
+            "fit": 1000,
+            "probe": 700,
+            "train": 2000,
+            "val": 256,
+            "gpt_steps": 600,
+            "n": 8,
+        },
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _loss_curve(metrics_file: Path, key: str = "loss") -> dict[str, list[float]] | None:
+    """``{"x": steps, "y": values}`` of ``key`` from a trainer's ``metrics.jsonl`` (None when there is none)."""
+    if not metrics_file.is_file():
+        return None
+    xs, ys = [], []
+    for line in metrics_file.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if key in row and "step" in row and isinstance(row[key], int | float) and math.isfinite(row[key]):
+            xs.append(float(row["step"]))
+            ys.append(float(row[key]))
+    return {"x": xs, "y": ys} if xs else None
+
+
+def _picture(ctx: StageContext, path: str | Path | None, caption: str, result: StageResult) -> None:
+    if path is not None and Path(path).is_file():
+        result.pictures.append(Picture(ctx.rel(path), caption))
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two pictures in [−1, 1] (mean over a video's frames)."""
+    from vistok.eval.metrics import psnr
+
+    a, b = a.float().clamp(-1, 1), b.float().clamp(-1, 1)
+    return float(psnr(a[None], b[None], data_range=2.0)[0])
+
+
+def _thumbnail(x: torch.Tensor, bits: float) -> torch.Tensor:
+    """The equal-bit-budget baseline of a tokenizer: each frame shrunk to the largest n×n RGB thumbnail (8 bits per
+    channel) that fits ``bits`` per frame, then resized back bilinearly."""
+    import torch.nn.functional as F
+
+    frames = x if x.ndim == 4 else x[None]  # (T, 3, H, W)
+    n = max(1, math.floor(math.sqrt(bits / frames.shape[0] / 24)))
+    small = F.interpolate(frames.float(), size=(n, n), mode="area")
+    small = torch.round((small.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1  # 8-bit
+    back = F.interpolate(small, size=frames.shape[-2:], mode="bilinear", align_corners=False)
+    return back if x.ndim == 4 else back[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MAGVIT-v2 tokenizer
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def stage_tokenizer(ctx: StageContext) -> StageResult:
+    from vistok.data.samples import SamplePhotos, SyntheticVideos
+    from vistok.eval.pictures import image_grid
+    from vistok.tokenizers.api import decode_ids, encode_pixels, evaluate_tokenizer, tokenizer_info
+
+    p = ctx.params
+    tok = ctx.tokenizer()
+    info = tokenizer_info(tok)
+    bits_per_id = math.log2(info["codebook_size"])
+    res = StageResult(
+        "tokenizer",
+        "MAGVIT-v2 tokenizer: images and video to tokens and back",
+        what=(
+            f"The {'shipped default' if ctx.tokenizer_path is None else 'given'} tokenizer ({info.get('model_type')}, "
+            f"{info['codebook_size']:,} codes) encodes held-out photos and synthetic clips into token grids and "
+            "decodes them back. Baseline: a thumbnail that uses the same number of bits as the tokens "
+            "(n×n RGB, 8 bits per channel), resized back."
+        ),
+        config={"tokenizer": ctx.tokenizer_path or "shipped default", **info, **p},
+    )
+    report = evaluate_tokenizer(tok, "samples", size=64, frames=9, max_items=p["items"], progress=ctx.progress)
+    (ctx.out / "eval.json").write_text(json.dumps(report, indent=2, default=str))
+    # pictures and the equal-bits baseline, computed on the same held-out items
+    photos = SamplePhotos(64, "heldout", length=p["items"], seed=ctx.seed + 1)
+    rows, ours, base = [], [], []
+    for i in range(len(photos)):
+        x = photos[i]["pixels"]
+        ids = encode_pixels(tok, x)
+        y = decode_ids(tok, ids, size=x.shape[-2:])
+        t = _thumbnail(x, ids.numel() * bits_per_id)
+        ours.append(_psnr(y, x))
+        base.append(_psnr(t, x))
+        if i < p["show"]:
+            rows.append([x, y, t])
+    grid = image_grid(rows, col_labels=["held-out", "reconstruction", "same-bits thumbnail"], scale=2)
+    _picture(
+        ctx,
+        _save(grid, ctx.out / "reconstructions.png"),
+        "held-out photo crops, their reconstructions and the equal-bits thumbnail baseline",
+        res,
+    )
+    clip = SyntheticVideos(9, 64, length=1, split="heldout", seed=ctx.seed)[0]["pixels"]  # (3, T, H, W)
+    vid_ids = encode_pixels(tok, clip)
+    vid = decode_ids(tok, vid_ids, size=clip.shape[-3:])
+    frames = clip.permute(1, 0, 2, 3)
+    thumbs = _thumbnail(frames, vid_ids.numel() * bits_per_id)
+    recon = vid.permute(1, 0, 2, 3)
+    strip = image_grid(
+        [list(frames), list(recon), list(thumbs)],
+        row_labels=["clip", "recon", "thumbnail"],
+        scale=2,
+    )
+    _picture(
+        ctx,
+        _save(strip, ctx.out / "video.png"),
+        f"a held-out 9-frame clip ({tuple(vid_ids.shape)} tokens) and its reconstruction",
+        res,
+    )
+    v_psnr, v_base = _psnr(recon, frames), _psnr(thumbs, frames)
+    sections = report["sections"]
+    img = next((s for k, s in sections.items() if "image" in k or "photo" in k), None)
+    res.metrics += [
+        Metric(
+            "image PSNR (held-out photo crops)",
+            float(np.mean(ours)),
+            {"same-bits thumbnail": float(np.mean(base))},
+            unit=" dB",
+        ),
+        Metric("video PSNR (held-out clip)", v_psnr, {"same-bits thumbnail": v_base}, unit=" dB"),
+    ]
+    if img is not None:
+        book = img["codebook"]
+        usage = book.get("usage") or book.get("used_fraction")
+        if usage is not None:
+            res.metrics.append(
+                Metric(
+                    "codebook usage on held-out images", float(usage), unit="", note="fraction of the codes that appear"
+                )
+            )
+        res.notes.append(
+            "evaluate_tokenizer on the held-out sections: "
+            + "; ".join(
+                f"{k}: PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f}, {s['bpp_raw']:.3f} bits/pixel"
+                for k, s in sections.items()
+                if s.get("psnr") is not None
+            )
+        )
+    res.headline = (
+        f"reconstruction {np.mean(ours):.1f} dB vs {np.mean(base):.1f} dB for a thumbnail of the same "
+        f"bits; {64 // 8}×{64 // 8} tokens per 64² image"
+    )
+    res.commands = [
+        "vistok reconstruct photo.png --out recon.png",
+        "vistok tokenizer eval --data samples --size 64 --frames 9",
+        "vistok tokenizer train --preset magvit2-tiny --data samples --image-size 64 --frames 9 --steps 20000 "
+        "--out runs/tokenizer   # on a GPU: larger presets, --image-size 128",
+    ]
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# LVM
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def stage_lvm(ctx: StageContext) -> StageResult:
+    from vistok.train.lvm import LVMTrainConfig, train_lvm
+
+    p = ctx.params
+    c = LVMTrainConfig(
+        out=str(ctx.out),
+        tokenizer=ctx.tokenizer_path,
+        kinds=("video", "pairs"),
+        sentences=p["sentences"],
+        val_sentences=p["val"],
+        frames=p["frames"],
+        pairs=p["pairs"],
+        seq_len=p["seq_len"],
+        steps=p["steps"],
+        batch_size=p["batch"],
+        warmup=max(1, p["steps"] // 10),
+        log_every=max(1, p["steps"] // 20),
+        ckpt_every=max(1, p["steps"] // 2),
+        eval_items=p["eval"],
+        val_photos="train",
+        seed=ctx.seed,
+        progress=ctx.progress,
+    )
+    r = train_lvm(c)
+    ev = r.eval
+    res = StageResult(
+        "lvm",
+        "LVM: visual sentences and in-context prompts",
+        what=(
+            "lvm-tiny (a LLaMA-style decoder) trained from scratch on visual sentences of MAGVIT-v2 tokens: clips of "
+            "consecutive frames and in-context analogy pairs (A₁:B₁ … A_k:?), packed document-aware. Held out: new "
+            "clips and new crops/pairings of the training photos."
+        ),
+        config={k: v for k, v in vars(c).items() if k not in ("out", "progress", "model_overrides")},
+    )
+    nid = ev.get("next_id", {})
+    if nid:
+        res.metrics.append(
+            Metric(
+                "next visual id perplexity",
+                nid["perplexity"],
+                {"unigram": nid["unigram_perplexity"]},
+                higher_is_better=False,
+            )
+        )
+        res.metrics.append(Metric("next visual id accuracy", nid["accuracy"], {"unigram": nid["unigram_accuracy"]}))
+    for key, what, copy in (("next_frame", "next frame", "copy last frame"), ("analogy", "analogy B₃", "copy A₃")):
+        if key in ev:
+            m = ev[key]
+            res.metrics.append(
+                Metric(f"{what}: token accuracy (greedy)", m["token_accuracy"], {copy: m["copy_last_token_accuracy"]})
+            )
+            res.metrics.append(
+                Metric(
+                    f"{what}: PSNR of the decoded prediction",
+                    m["psnr"],
+                    {copy: m["copy_last_psnr"], f"{copy} through the tokenizer": m["copy_last_tokens_psnr"]},
+                    unit=" dB",
+                    note=f"tokenizer ceiling {m['tokenizer_psnr']:.2f} dB",
+                )
+            )
+    curve = ev.get("perplexity_vs_context")
+    if curve:
+        res.curves["perplexity of the last frame vs context frames"] = {
+            "LVM": {"x": [float(v) for v in curve["context_frames"]], "y": curve["perplexity"]}
+        }
+        if len(curve["perplexity"]) > 1:
+            res.metrics.append(
+                Metric(
+                    "perplexity of the last frame with all context frames",
+                    curve["perplexity"][-1],
+                    {"no context": curve["perplexity"][0]},
+                    higher_is_better=False,
+                )
+            )
+    loss = _loss_curve(ctx.out / "metrics.jsonl")
+    if loss:
+        res.curves["training loss (next-id cross-entropy)"] = {"train": loss}
+    for key, caption in (
+        ("next_frame", "next-frame prediction: context frames, greedy prediction, truth"),
+        ("analogy", "in-context analogy: pairs, the predicted last image, truth"),
+        ("perplexity_vs_context", "perplexity vs number of context frames"),
+    ):
+        _picture(ctx, ev.get("pictures", {}).get(key), caption, res)
+    if nid:
+        res.headline = f"next-id perplexity {nid['perplexity']:.1f} vs unigram {nid['unigram_perplexity']:.1f}"
+    res.commands = [
+        "vistok lvm train --kinds video,pairs --sentences 3000 --steps 2000 --val-photos train --out runs/lvm",
+        "vistok lvm generate --model runs/lvm/model --prompt f1.png f2.png f3.png --frames 2 --out next.png",
+        "vistok lvm eval --model runs/lvm/model --out runs/lvm/eval",
+    ]
+    res.notes.append(r.summary.splitlines()[0])
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MaskGIT
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def stage_maskgit(ctx: StageContext) -> StageResult:
+    from vistok.train.maskgit import (
+        MaskGITTrainConfig,
+        generate_image_grid,
+        load_maskgit_run,
+        train_maskgit,
+    )
+
+    p = ctx.params
+    c = MaskGITTrainConfig(
+        preset="maskgit-tiny",
+        model_overrides={"num_classes": 7},
+        tokenizer=ctx.tokenizer_path,
+        size=64,
+        train_items=p["train"],
+        heldout_items=p["heldout"],
+        steps=p["steps"],
+        batch_size=p["batch"],
+        warmup=max(1, p["steps"] // 10),
+        out_dir=str(ctx.out),
+        log_every=max(1, p["steps"] // 20),
+        ckpt_every=max(1, p["steps"] // 2),
+        seed=ctx.seed,
+        device=ctx.device,
+        progress=ctx.progress,
+    )
+    r = train_maskgit(c, tokenizer=ctx.tokenizer())
+    run = load_maskgit_run(ctx.out, device=ctx.device)
+    classes = list(range(run.model.config.num_classes))
+    grid, strip, _ = generate_image_grid(
+        run,
+        ctx.tokenizer(),
+        classes,
+        p["n"],
+        steps=p["decode_steps"],
+        guidance_scale=2.0,
+        seed=ctx.seed,
+        real=1,
+        history=True,
+    )
+    res = StageResult(
+        "maskgit",
+        "MaskGIT: class-conditional masked-token generation",
+        what=(
+            "maskgit-tiny (bidirectional transformer) trained on MAGVIT-v2 tokens of photo crops with the cosine mask "
+            "schedule; class = source photo, with a null class for classifier-free guidance. Decoding fills the "
+            f"{run.model.config.grid} token grid in {p['decode_steps']} parallel steps."
+        ),
+        config={k: v for k, v in vars(c).items() if k not in ("out_dir", "progress")},
+    )
+    m = r.metrics
+    if m.get("masked_accuracy") is not None:
+        res.metrics.append(
+            Metric("masked-token accuracy (held-out crops)", m["masked_accuracy"], {"unigram": m["unigram_accuracy"]})
+        )
+        res.metrics.append(
+            Metric(
+                "masked-token perplexity", m["perplexity"], {"unigram": m["unigram_perplexity"]}, higher_is_better=False
+            )
+        )
+        if "uncond_masked_accuracy" in m:
+            res.metrics.append(
+                Metric(
+                    "masked-token accuracy without the class",
+                    m["uncond_masked_accuracy"],
+                    note="the class should help: compare with the first row",
+                )
+            )
+        res.headline = f"masked-token accuracy {m['masked_accuracy']:.3f} vs unigram {m['unigram_accuracy']:.3f}"
+    _picture(
+        ctx,
+        _save(grid, ctx.out / "samples.png"),
+        "samples, one row per class (source photo), guidance 2.0; the last column is a real crop",
+        res,
+    )
+    if strip is not None:
+        _picture(
+            ctx,
+            _save(strip, ctx.out / "decoding_steps.png"),
+            "decoding steps: the token grid filled in parallel, step by step",
+            res,
+        )
+    loss = _loss_curve(ctx.out / "metrics.jsonl")
+    if loss:
+        res.curves["training loss (masked tokens)"] = {"train": loss}
+    res.commands = [
+        "vistok maskgit train --preset maskgit-tiny --steps 2000 --out runs/maskgit",
+        "vistok maskgit generate --model runs/maskgit --class 0 --out grid.png --history steps.png",
+    ]
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Transfusion
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def stage_transfusion(ctx: StageContext) -> StageResult:
+    from vistok.data.scenes import Scenes
+    from vistok.train.tokenizer import TokenizerTrainConfig, train_tokenizer
+    from vistok.train.transfusion_cli import TransfusionRunConfig, train_transfusion_run
+
+    p = ctx.params
+    # 1. the VAE: a tiny KL-VAE trained on the spot on scene pictures
+    scene_dir = ctx.out / "scene_pngs"
+    scenes = Scenes(64, p["scenes"], "train", seed=ctx.seed, objects=(1, 2))
+    if not (scene_dir / "done").is_file():
+        scene_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(len(scenes)):
+            _save(scenes[i]["pixels"], scene_dir / f"scene_{i:05d}.png")
+        (scene_dir / "done").write_text(str(len(scenes)))
+    vc = TokenizerTrainConfig(
+        preset="vae-tiny",
+        data=str(scene_dir),
+        image_size=64,
+        batch_size=8,
+        steps=p["vae_steps"],
+        lr=1e-3,
+        warmup=max(1, p["vae_steps"] // 10),
+        kl_weight=1e-6,
+        perceptual_weight=0.0,
+        disc_start=10**9,
+        disc_warmup_start=10**9,
+        ema_decay=None,
+        out_dir=str(ctx.out / "vae"),
+        log_every=max(1, p["vae_steps"] // 10),
+        ckpt_every=max(1, p["vae_steps"]),
+        seed=ctx.seed,
+        device=ctx.device,
+        progress=ctx.progress,
+    )
+    vr = train_tokenizer(vc)
+    # 2. Transfusion on the VAE's latents
+    c = TransfusionRunConfig(
+        out=str(ctx.out / "run"),
+        vae=str(vr.final_dir),
+        scenes=p["scenes"],
+        val_scenes=p["val"],
+        max_objects=2,
+        steps=p["steps"],
+        batch_size=p["batch"],
+        warmup=max(1, p["steps"] // 10),
+        log_every=max(1, p["steps"] // 20),
+        ckpt_every=max(1, p["steps"] // 2),
+        eval_items=p["eval"],
+        eval_steps=p["eval_steps"],
+        seed=ctx.seed,
+        progress=ctx.progress,
+    )
+    r = train_transfusion_run(c)
+    ev = r.eval if hasattr(r, "eval") else json.loads((ctx.out / "run" / "eval.json").read_text())
+    res = StageResult(
+        "transfusion",
+        "Transfusion: one transformer for text and images",
+        what=(
+            "A tiny KL-VAE is trained on the spot on scenes of coloured shapes; transfusion-tiny then learns, in one "
+            "transformer, next-byte prediction on the captions and diffusion on the VAE's latent patches (causal "
+            "attention, bidirectional inside each image). Held-out scenes: caption them (image → text) and draw "
+            "their captions (text → image, checked by a colour probe)."
+        ),
+        config={"vae_steps": p["vae_steps"], **{k: v for k, v in vars(c).items() if k not in ("out", "progress")}},
+    )
+    i2t, t2i = ev.get("image_to_text", {}), ev.get("text_to_image", {})
+    if i2t:
+        res.metrics.append(
+            Metric(
+                "image → text: byte accuracy of the caption",
+                i2t["byte_accuracy"],
+                {"majority caption": i2t["majority_byte_accuracy"]},
+            )
+        )
+        res.metrics.append(
+            Metric(
+                "image → text: exact caption (any paraphrase)",
+                i2t["paraphrase_match"],
+                {"majority caption": i2t["majority_paraphrase_match"]},
+            )
+        )
+    if t2i.get("items"):
+        res.metrics.append(
+            Metric(
+                "text → image: generated image has the captioned colour",
+                t2i["colour_match"],
+                {"a random held-out scene": t2i["random_scene_colour_match"]},
+                note=(
+                    f"ceilings: the true scene {t2i['true_image_colour_match']:.2f}, its VAE "
+                    f"reconstruction {t2i['vae_reconstruction_colour_match']:.2f}"
+                ),
+            )
+        )
+    if ev.get("vae_reconstruction_mse") is not None:
+        mse = ev["vae_reconstruction_mse"]
+        res.notes.append(
+            f"VAE reconstruction PSNR on held-out scenes: {10 * math.log10(4 / mse):.2f} dB ({vc.steps} steps)"
+        )
+    for ex in (i2t.get("examples") or [])[:4]:
+        res.notes.append(f"caption — truth: “{ex['truth']}”; predicted: “{ex['predicted']}”")
+    _picture(
+        ctx,
+        ev.get("samples_png") or (ctx.out / "run" / "samples.png"),
+        "T2I rows: held-out scene and the image generated from its caption; I2T rows: scene, its VAE "
+        "reconstruction, and (left) the generated caption",
+        res,
+    )
+    loss = _loss_curve(ctx.out / "run" / "metrics.jsonl")
+    if loss:
+        res.curves["training loss (LM + 5·diffusion)"] = {"train": loss}
+    if i2t:
+        res.headline = (
+            f"caption byte accuracy {i2t['byte_accuracy']:.3f} vs majority caption {i2t['majority_byte_accuracy']:.3f}"
+        )
+    res.commands = [
+        "vistok data scenes --n 1500 --out scenes/   # or any folder of images",
+        "vistok tokenizer train --preset vae-tiny --data scenes/scenes --image-size 64 --steps 3000 --out runs/vae",
+        "vistok transfusion train --vae runs/vae/final --scenes 2000 --steps 3000 --out runs/transfusion",
+        'vistok transfusion generate --model runs/transfusion/model --prompt "a red circle" --out red.png',
+        "vistok transfusion caption --model runs/transfusion/model scene.png",
+    ]
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chat-UniVi
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _merge_pictures(ctx: StageContext, res: StageResult) -> None:
+    """Cluster maps of one held-out scene and the event segmentation of one held-out clip (``vistok merge show``)."""
+    from vistok.data.samples import SyntheticVideos
+    from vistok.data.scenes import Scenes
+    from vistok.data.transforms import to_uint8
+    from vistok.tokenizers.merge import magvit_features
+    from vistok.tokenizers.merge_cli import merge_picture
+
+    tok = ctx.tokenizer()
+
+    def encode(px: torch.Tensor) -> Any:
+        return magvit_features(px.to(ctx.device), tok)
+
+    img = Scenes(128, 1, "heldout", seed=ctx.seed + 7)[0]["pixels"]
+    picture, detail = merge_picture(img, "image", to_uint8(img), encode)
+    _picture(ctx, _save(picture, ctx.out / "clusters.png"), f"DPC-KNN merging of a held-out scene: {detail}", res)
+    clip = SyntheticVideos(17, 64, length=1, split="heldout", seed=ctx.seed + 3)[0]["pixels"]
+    picture, detail = merge_picture(clip, "video", to_uint8(clip), encode, events="auto", thumb=64)
+    _picture(ctx, _save(picture, ctx.out / "events.png"), f"a held-out clip: {detail}", res)
+
+
+def _u8(x: torch.Tensor) -> np.ndarray:
+    from vistok.eval.pictures import to_uint8_image
+
+    if x.ndim == 4:
+        return np.stack([to_uint8_image(f) for f in x])
+    return to_uint8_image(x)
+
+
+def _save(picture: Any, path: Path) -> Path:
+    """Write a PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor in [−1, 1] as a PNG (atomically)."""
+    from PIL import Image
+
+    from vistok.eval.pictures import save_png, to_uint8_image
+
+    if isinstance(picture, torch.Tensor):
+        picture = to_uint8_image(picture)
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(picture)
+    return save_png(picture, path)
+
+
+def stage_univi(ctx: StageContext) -> StageResult:
+    from vistok.train.univi import UniViTrainConfig, train_univi
+
+    p = ctx.params
+    s0, s1, s2 = p["steps"]
+    c = UniViTrainConfig(
+        out=str(ctx.out),
+        encoder_path=ctx.tokenizer_path,
+        train_images=p["images"],
+        train_videos=p["videos"],
+        eval_images=p["eval_images"],
+        eval_videos=p["eval_videos"],
+        eval_questions=p["questions"],
+        steps0=s0,
+        steps1=s1,
+        steps2=s2,
+        log_every=max(1, s2 // 10),
+        ckpt_every=max(1, max(s0, s1, s2)),
+        seed=ctx.seed,
+        progress=ctx.progress,
+    )
+    r = train_univi(c)
+    rep = r.report
+    res = StageResult(
+        "univi",
+        "Chat-UniVi: dynamic visual tokens for an understanding model",
+        what=(
+            "Patch features of the MAGVIT-v2 encoder are merged by parameter-free DPC-KNN (multi-scale; videos split "
+            "into temporal events first) and fed, through a projector, to a small language model that answers "
+            "questions about held-out scenes and clips, trained in the paper's stages (projector only, then all). "
+            "Accuracy is compared across token budgets: all patches, merged, and uniform pooling to the same count."
+        ),
+        config={k: v for k, v in vars(c).items() if k not in ("out", "progress")},
+    )
+    _univi_metrics(rep, res)
+    try:
+        _merge_pictures(ctx, res)
+    except Exception as e:  # the pictures are a bonus; the numbers above stand without them
+        res.notes.append(f"cluster pictures not drawn: {type(e).__name__}: {e}")
+    _picture(ctx, ctx.out / "answers.png", "held-out scenes with questions, the model's answers and the truth", res)
+    for stage in (0, 1, 2):
+        loss = _loss_curve(ctx.out / f"stage{stage}" / "metrics.jsonl")
+        if loss:
+            res.curves.setdefault("training loss per stage", {})[f"stage {stage}"] = loss
+    res.commands = [
+        "vistok merge show photo.png --out clusters.png",
+        "vistok univi train --steps 600 --out runs/univi",
+        'vistok univi ask --model runs/univi/model scene.png "how many red circles?"',
+    ]
+    return res
+
+
+def _univi_metrics(rep: Mapping[str, Any], res: StageResult) -> None:
+    """Accuracy per token budget vs the no-image model and the majority answer, from ``train_univi``'s report."""
+    heads = []
+    for kind, rows in (rep.get("kinds") or {}).items():
+        base = {}
+        for key, label in (
+            ("no-image (final model)", "same model without the image"),
+            ("majority", "majority answer per question type"),
+        ):
+            if isinstance(rows.get(key), Mapping) and rows[key].get("accuracy") is not None:
+                base[label] = float(rows[key]["accuracy"])
+        for name, row in rows.items():
+            if name in ("majority", "no-image (final model)", "text-only LM (stage 0)") or not isinstance(row, Mapping):
+                continue
+            if row.get("accuracy") is None:
+                continue
+            events = row.get("events")
+            tokens = f"{row['tokens']:.0f}" + (
+                f" = {events}×{row['tokens_per_event']:.0f}" if events and events > 1 else ""
+            )
+            res.metrics.append(
+                Metric(
+                    f"{kind}s: answer accuracy, {name} ({tokens} visual tokens)",
+                    float(row["accuracy"]),
+                    dict(base),
+                    note=f"{row.get('n', '?')} questions",
+                )
+            )
+        acc = {n: r["accuracy"] for n, r in rows.items() if n in ("all", "merge", "pool") and isinstance(r, Mapping)}
+        if acc:
+            heads.append(
+                f"{kind}s: "
+                + ", ".join(f"{n} {v:.2f}" for n, v in acc.items())
+                + (
+                    f" (no image {base['same model without the image']:.2f})"
+                    if "same model without the image" in base
+                    else ""
+                )
+            )
+    res.headline = "answer accuracy — " + "; ".join(heads) if heads else ""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DiGIT
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def stage_digit(ctx: StageContext) -> StageResult:
+    from dataclasses import replace
+
+    from vistok.data.samples import SamplePhotos
+    from vistok.hub import from_pretrained
+    from vistok.train.digit_ar import CompareConfig, DigitARConfig, compare_tokenizers
+    from vistok.train.dino import DigitFitConfig, fit_digit
+
+    p = ctx.params
+    fc = DigitFitConfig(
+        out=str(ctx.out / "fit"),
+        k=p["k"],
+        ssl_steps=p["ssl_steps"],
+        fit_images=p["fit"],
+        probe_images=p["probe"],
+        warmup=max(1, p["ssl_steps"] // 10),
+        seed=ctx.seed,
+        progress=ctx.progress,
+    )
+    fit = fit_digit(fc)
+    digit = from_pretrained(fit.tokenizer_dir).eval()
+    magvit = ctx.tokenizer()
+    k_magvit = int(magvit.codebook_size)
+    tokenizers = {f"DiGIT K={digit.codebook_size}": digit}
+    if k_magvit != digit.codebook_size:  # the same features clustered at MAGVIT-v2's vocabulary size
+        from vistok.tokenizers.digit import DigitTokenizer
+
+        same_k = DigitTokenizer(replace(digit.config, num_clusters=k_magvit), encoder=digit.encoder)
+        photos = SamplePhotos(size=64, split="train", length=p["fit"], seed=ctx.seed + 1)
+        tokenizers[f"DiGIT K={k_magvit}"] = same_k.fit(photos, batch_size=64, max_images=p["fit"]).eval()
+    tokenizers[f"MAGVIT-v2 K={k_magvit}"] = magvit
+    cc = CompareConfig(
+        out=str(ctx.out / "compare"),
+        train_images=p["train"],
+        val_images=p["val"],
+        probe_images=p["probe"],
+        seed=ctx.seed,
+        gpt=DigitARConfig(conditional=False, progress=False, steps=p["gpt_steps"], warmup=max(1, p["gpt_steps"] // 10)),
+    )
+    report = compare_tokenizers(tokenizers, cc, log=lambda *a, **k: None)
+    res = StageResult(
+        "digit",
+        "DiGIT: discriminative tokens from k-means over self-supervised features",
+        what=(
+            "A small ViT is trained on the spot with DINO self-distillation; k-means over its patch features gives "
+            "the DiGIT tokens. The same GPT (same size, steps and crops) is then trained on DiGIT tokens and on "
+            "MAGVIT-v2 tokens and scored on held-out crops: how predictable the tokens are (bits per token / log2 K: "
+            "1 = a uniform guess, 0 = perfect), and how well a linear probe reads the source photo from the GPT's "
+            "features."
+        ),
+        config={
+            "fit": {k: v for k, v in vars(fc).items() if k not in ("out", "progress", "dino_overrides")},
+            "compare": {"train_images": cc.train_images, "val_images": cc.val_images, "gpt_steps": p["gpt_steps"]},
+        },
+    )
+    probe = fit.summary.get("probe") or {}
+    if probe.get("ssl") and probe.get("random"):
+        res.metrics.append(
+            Metric(
+                "SSL features: linear probe of the source photo (pooled)",
+                probe["ssl"]["pooled"],
+                {"random-init ViT": probe["random"]["pooled"]},
+            )
+        )
+    _digit_compare_metrics(report, k_magvit, res)
+    _picture(ctx, fit.picture, "DiGIT token maps: crops and their k-means token ids (colour = cluster)", res)
+    res.commands = [
+        "vistok digit fit --data samples --size 64 --k 256 --ssl-steps 300 --out runs/digit",
+        "vistok digit compare --digit runs/digit/tokenizer --k 64,256,1024 --out runs/digit/compare",
+    ]
+    return res
+
+
+def _digit_compare_metrics(report: Mapping[str, Any], k: int, res: StageResult) -> None:
+    rows = {r["tokenizer"]: r for r in report.get("rows", [])}
+    ours, base = rows.get(f"DiGIT K={k}"), rows.get(f"MAGVIT-v2 K={k}")
+    if ours is None or base is None:
+        return
+    label = f"MAGVIT-v2 tokens (K={k}), same GPT"
+    for split, what in (("val_crops", "new crops of the training photos"), ("val_photos", "the held-out photos")):
+        res.metrics.append(
+            Metric(
+                f"DiGIT tokens (K={k}): bits per token / log2 K on {what}",
+                ours[split]["bits_per_log2k"],
+                {label: base[split]["bits_per_log2k"]},
+                higher_is_better=False,
+                note=f"unigram of the DiGIT ids: {ours[split + '_unigram']['bits_per_log2k']:.3f}",
+            )
+        )
+    res.metrics.append(
+        Metric(
+            f"DiGIT tokens (K={k}): linear probe of the GPT's features (source photo)",
+            ours["probe"]["final"],
+            {label: base["probe"]["final"]},
+            note=f"bag of DiGIT tokens alone: {ours['probe']['bag_of_tokens']:.3f}",
+        )
+    )
+    for name, row in rows.items():
+        if name.startswith("DiGIT") and name != f"DiGIT K={k}":
+            res.notes.append(
+                f"{name}: bits per token / log2 K {row['val_crops']['bits_per_log2k']:.3f} on new crops, "
+                f"probe {row['probe']['final']:.3f}"
+            )
+    res.headline = (
+        f"bits per token / log2 K at K = {k}: DiGIT {ours['val_crops']['bits_per_log2k']:.3f} vs MAGVIT-v2 "
+        f"{base['val_crops']['bits_per_log2k']:.3f} (same GPT, same crops)"
+    )
+
+
+Stage = Callable[[StageContext], StageResult]
+
+STAGES: dict[str, tuple[str, Stage]] = {
+    "tokenizer": ("MAGVIT-v2 tokenizer", stage_tokenizer),
+    "lvm": ("LVM", stage_lvm),
+    "maskgit": ("MaskGIT", stage_maskgit),
+    "transfusion": ("Transfusion", stage_transfusion),
+    "univi": ("Chat-UniVi", stage_univi),
+    "digit": ("DiGIT", stage_digit),
+}
+"""name → (title, function), in the order the demo runs them."""
