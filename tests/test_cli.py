@@ -48,3 +48,19 @@ def test_help_and_info_do_not_import_torch():
     r = subprocess.run([sys.executable, "-m", "vistok.cli", "--help"], capture_output=True, text=True, check=True)
     for name in ("info", "data", "encode", "decode", "reconstruct", "tokenizer"):
         assert name in r.stdout
+
+
+def test_data_scenes_writes_scene_pngs_and_captions(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from vistok.cli import main
+
+    out = tmp_path / "s"
+    assert main(["data", "scenes", str(out), "--n", "3", "--size", "48", "--clips", "0", "-q"]) == 0
+    pngs = sorted((out / "scenes").glob("scene_*.png"))
+    assert len(pngs) == 3 and all(Image.open(p).size == (48, 48) for p in pngs)
+    lines = (out / "scenes" / "scenes.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["caption"] for line in lines)
+    assert "3 train scene(s)" in capsys.readouterr().out

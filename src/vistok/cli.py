@@ -62,6 +62,17 @@ def _cmd_data_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_scenes(args: argparse.Namespace) -> int:
+    from vistok.data.scenes import write_scenes
+
+    summary = write_scenes(
+        args.out, n=args.n, size=args.size, num_clips=args.clips, num_frames=args.frames, split=args.split,
+        seed=args.seed, progress=not args.quiet,
+    )  # fmt: skip
+    print(summary)
+    return 0
+
+
 def _add_data(sub) -> None:
     g = sub.add_parser(
         "data",
@@ -93,6 +104,22 @@ def _add_data(sub) -> None:
     p.add_argument("--size", type=int, default=256, help="crop size of the written photos and clips (default 256)")
     p.add_argument("--clips", type=int, default=4, help="number of synthetic clips to write (default 4)")
     p.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    p = _verb(
+        gs,
+        "scenes",
+        "write the built-in captioned scenes of coloured shapes (PNG + captions/QA JSONL) and sprite clips",
+        "vistok data scenes scenes/ --n 1500 --size 64 --clips 0",
+        _cmd_data_scenes,
+    )
+    p.add_argument("out", help="output folder (created): OUT/scenes/*.png + scenes.jsonl, OUT/clips/")
+    p.add_argument("--n", type=int, default=16, help="number of scenes (default 16)")
+    p.add_argument("--size", type=int, default=128, help="scene size in pixels (default 128)")
+    p.add_argument("--clips", type=int, default=4, help="number of sprite clips (default 4)")
+    p.add_argument("--frames", type=int, default=12, help="frames per clip (default 12)")
+    p.add_argument("--split", default="train", choices=["train", "heldout"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -151,3 +151,22 @@ def test_report_writer_escapes_and_keeps_json_plain(tmp_path):
     page = html_path.read_text()
     assert "&lt;b&gt;title&lt;/b&gt;" in page and "a &amp; b" in page and "<b>title</b>" not in page
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_reproduce_commands_parse(smoke_demo):
+    """Every "reproduce at a larger scale" command is a valid vistok command line (flags and all)."""
+    import shlex
+
+    from vistok.cli import build_parser
+
+    parser = build_parser(full=True)
+    report = json.loads(smoke_demo.report_json.read_text())
+    commands = [c for s in report["stages"] for c in s["commands"]]
+    assert commands
+    for command in commands:
+        argv = shlex.split(command, comments=True)
+        assert argv[0] == "vistok", command
+        try:
+            parser.parse_args(argv[1:])
+        except SystemExit as e:  # argparse exits on a bad command line
+            raise AssertionError(f"does not parse: {command}") from e

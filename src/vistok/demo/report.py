@@ -62,6 +62,7 @@ class StageResult:
     title: str
     status: str = "ok"
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     headline: str = ""
     what: str = ""
     config: dict[str, Any] = field(default_factory=dict)
@@ -262,7 +263,8 @@ def _section(stage: Mapping[str, Any], out: Path) -> str:
     parts = [
         f'<section id="stage-{_esc(name)}" data-stage="{_esc(name)}" data-status="{_esc(status)}">',
         f'<h2>{_esc(stage["title"])} <span class="{_esc(status)}">[{_esc(status)}]</span></h2>',
-        f'<p class="muted">stage <code>{_esc(name)}</code> · {stage.get("seconds", 0):.1f} s</p>',
+        f'<p class="muted">stage <code>{_esc(name)}</code> · {stage.get("seconds", 0):.1f} s wall, '
+        f"{stage.get('cpu_seconds', 0):.1f} s CPU</p>",
     ]
     if stage.get("what"):
         parts.append(f"<p>{_esc(stage['what'])}</p>")

@@ -134,7 +134,7 @@ def run_demo(config: DemoConfig) -> DemoRun:
         title, fn = STAGES[name]
         params = PROFILES[config.profile][name]
         _say(f"\n[{i}/{len(names)}] {title} ({config.profile} profile) → {out / name}")
-        s0 = time.perf_counter()
+        s0, c0 = time.perf_counter(), time.process_time()
         stamp = {
             "stage": name,
             "profile": config.profile,
@@ -166,7 +166,7 @@ def run_demo(config: DemoConfig) -> DemoRun:
             result = StageResult(
                 name, title, status="failed", error=f"{type(e).__name__}: {e}\n\n" + traceback.format_exc(limit=8)
             )
-        result.seconds = time.perf_counter() - s0
+        result.seconds, result.cpu_seconds = time.perf_counter() - s0, time.process_time() - c0
         result.files = (
             sorted(
                 str(p.relative_to(out))
@@ -243,7 +243,7 @@ def add_demo_parser(subparsers: Any) -> None:
             "takes about 5 minutes on 2 CPU cores; --profile full trains longer. Exits non-zero if a stage failed "
             "(the others still run)."
         ),
-        epilog="examples:\n  vistok demo\n  vistok demo --only tokenizer,lvm --out demo-small\n"
+        epilog="example:\n  vistok demo\n  vistok demo --only tokenizer,lvm --out demo-small\n"
         "  vistok demo --profile full --out demo-full",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

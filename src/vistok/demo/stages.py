@@ -616,7 +616,7 @@ def stage_transfusion(ctx: StageContext) -> StageResult:
             f"caption byte accuracy {i2t['byte_accuracy']:.3f} vs majority caption {i2t['majority_byte_accuracy']:.3f}"
         )
     res.commands = [
-        "vistok data scenes --n 1500 --out scenes/   # or any folder of images",
+        "vistok data scenes scenes/ --n 2000 --size 64 --clips 0   # or use any folder of images",
         "vistok tokenizer train --preset vae-tiny --data scenes/scenes --image-size 64 --steps 3000 --out runs/vae",
         "vistok transfusion train --vae runs/vae/final --scenes 2000 --steps 3000 --out runs/transfusion",
         'vistok transfusion generate --model runs/transfusion/model --prompt "a red circle" --out red.png',
