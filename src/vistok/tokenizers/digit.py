@@ -5,7 +5,8 @@ A picture's token ids are the nearest k-means centroids of its patch features::
     f = LN(z_l(x))[patches]          (B, h, w, C)   hidden state l of a frozen SSL ViT, final LayerNorm applied
     id(i, j) = argmin_k ‖f_ij − c_k‖²                 c_1 … c_K fitted by k-means on features of many pictures
 
-There is no decoder: DiGIT renders pixels with a separately trained model conditioned on these ids.
+The tokenizer has no decoder: DiGIT renders pixels with a separately trained model conditioned on these ids
+(:mod:`vistok.tokenizers.digit_decoder`: a convolutional decoder over the id grid, ``vistok digit decoder``).
 
 **Which features.** DiGIT reads DINOv2 ViT-B/14 (with registers) at the third block from the end, patch tokens only,
 and fits K = 8,192 centroids (16k for large) with faiss k-means (its ``preprocess/run.sh`` dumps features with

@@ -28,8 +28,17 @@ unconditionally, on each tokenizer's ids of the *same* random crops of the built
   probe: at the training zoom a colour histogram alone names the photo); the probe of the tokens' own bag-of-words
   histogram is the baseline the GPT has to beat.
 
-Generated-sample quality is *not* measured: DiGIT tokens have no pixel decoder yet (DiGIT trains a second model for
-that), so there is nothing to compute an FID of.
+**Classifier-free guidance** (:func:`guided_grids`, ``sample_grids(..., cfg=s)``): a class-conditional GPT
+trained with ``class_dropout`` also models the null class (BOS); each step runs the class rows and BOS rows in one
+batch and samples from ``uncond + s·(cond − uncond)`` (s = 1: plain conditional sampling, same ids for the same seed).
+
+**Pixels** (``vistok digit decoder`` / ``generate``): DiGIT decodes with a separately trained model (the paper: a
+second AR model from its tokens to VQGAN tokens). Here the option of a convolutional decoder conditioned on the id
+grid is implemented (:class:`~vistok.tokenizers.digit_decoder.DigitAutoencoder`: the frozen DiGIT tokenizer + a
+VQGAN-style decoder, embeddings initialised from the centroids), trained by the tokenizer trainer
+(:func:`train_digit_decoder`; L1 + optional LPIPS + optional GAN) and scored by held-out PSNR against a mean-colour
+and a cluster-mean-patch lookup baseline. :func:`generate_pictures` samples grids (with CFG) and decodes them.
+Generated-sample quality (FID) is not measured: at this scale there is no reference set worth the number.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -53,17 +63,22 @@ from torch.utils.data import Dataset
 __all__ = [
     "CompareConfig",
     "DigitARConfig",
+    "DigitDecoderTrainConfig",
     "TokenLayout",
     "TokenSequences",
     "add_digit_train_parser",
     "compare_tokenizers",
     "digit_ar_loss",
+    "evaluate_digit_decoder",
     "evaluate_token_gpt",
     "format_compare_table",
+    "generate_pictures",
     "gpt_features",
+    "guided_grids",
     "load_token_gpt",
     "sample_grids",
     "tokenize_pictures",
+    "train_digit_decoder",
     "train_token_gpt",
 ]
 
@@ -281,6 +296,7 @@ def train_token_gpt(
         record = {
             "layout": layout.to_dict(),
             "conditional": c.conditional,
+            "class_dropout": c.class_dropout,
             "tokenizer": data.tokenizer,
             "shards": str(Path(shards_dir).resolve()),
         }
@@ -308,11 +324,17 @@ def sample_grids(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int | None = 0,
+    cfg: float = 1.0,
 ) -> Tensor:
     """Sample (B, h, w) image ids: after BOS (``n`` grids) or after each class token of ``labels``; greedy at
-    ``temperature=0``. Only image ids can be drawn."""
+    ``temperature=0``. Only image ids can be drawn. ``cfg`` ≠ 1: classifier-free guidance of scale ``cfg`` (needs
+    ``labels``; see :func:`guided_grids`); ``cfg = 1`` is plain conditional sampling (one pass per token)."""
     from vistok.generate.ar import generate
 
+    if cfg != 1.0:
+        if labels is None:
+            raise ValueError(f"classifier-free guidance (cfg={cfg}) needs labels: the guided logits are per class")
+        return guided_grids(model, layout, labels, cfg, temperature=temperature, top_k=top_k, seed=seed)
     if labels is not None:
         labels = torch.as_tensor(labels).long().reshape(-1)
         if layout.num_classes == 0:
@@ -329,6 +351,75 @@ def sample_grids(
         model, prompt, layout.image_length, temperature=temperature, top_k=top_k, seed=seed, plan=lambda t: allowed
     )
     return out[:, 1:].reshape(-1, *layout.grid).cpu()
+
+
+def _check_labels(layout: TokenLayout, labels: Sequence[int] | Tensor) -> Tensor:
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    if layout.num_classes == 0:
+        raise ValueError("this GPT is unconditional (num_classes=0): it takes no labels")
+    if len(labels) == 0:
+        raise ValueError("pass at least one label")
+    if int(labels.min()) < 0 or int(labels.max()) >= layout.num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {layout.num_classes}), got range [{int(labels.min())}, {int(labels.max())}]"
+        )
+    return labels
+
+
+@torch.no_grad()
+def guided_grids(
+    model: Any,
+    layout: TokenLayout,
+    labels: Sequence[int] | Tensor,
+    cfg: float,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = 0,
+) -> Tensor:
+    """(B, h, w) image ids sampled with **classifier-free guidance** (Ho & Salimans, 2022), one grid per label.
+
+    Each step runs the B conditional rows (class token ``K + label``) and B unconditional rows (BOS, the null class
+    ``class_dropout`` trains) in one batch through the KV cache, and samples from
+
+        logits = uncond + cfg · (cond − uncond)
+
+    (computed as ``torch.lerp(uncond, cond, cfg)``: exactly ``cond`` at ``cfg = 1``, exactly ``uncond`` at 0), the
+    sampled id fed to both rows. The random stream is that of :func:`vistok.generate.ar.generate` on the B
+    conditional rows (one ``sample_logits`` call of B rows per token), so ``cfg = 1`` gives the ids of plain
+    conditional sampling with the same seed. The model's KV cache is set up here and removed afterwards.
+    """
+    from vistok.generate.ar import decode_step, prefill
+    from vistok.generate.sampling import check_sampling_args, sample_logits
+
+    labels = _check_labels(layout, labels)
+    check_sampling_args(temperature, top_k, None)
+    if not math.isfinite(cfg):
+        raise ValueError(f"cfg must be a finite number, got {cfg}")
+    device = _device(model)
+    b, n = len(labels), layout.image_length
+    prompt = torch.cat([layout.codebook_size + labels, torch.full((b,), layout.bos_id)])[:, None].to(device)
+    generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+    allowed = layout.image_mask().to(device)
+    out = torch.empty(b, n, dtype=torch.long, device=device)
+    had_cache = model.has_caches
+    model.setup_caches(2 * b, 1 + n)
+    try:
+        with torch.inference_mode():
+            logits = prefill(model, prompt)
+            pos = torch.tensor([1], device=device)
+            for t in range(n):
+                cond, uncond = logits.float().chunk(2)
+                guided = torch.lerp(uncond, cond, float(cfg))
+                nxt = sample_logits(guided, temperature=temperature, top_k=top_k, allowed=allowed, generator=generator)
+                out[:, t] = nxt
+                if t < n - 1:
+                    logits = decode_step(model, torch.cat([nxt, nxt])[:, None], pos)
+                    pos += 1
+    finally:
+        if not had_cache:
+            model.remove_caches()
+    return out.clone().reshape(-1, *layout.grid).cpu()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -582,6 +673,317 @@ def format_compare_table(report: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The pixel decoder: training, held-out scores, and generated pictures
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DigitDecoderTrainConfig:
+    """``vistok digit decoder``: train a :class:`~vistok.tokenizers.digit_decoder.DigitAutoencoder`'s decoder on
+    built-in photo crops with :class:`vistok.train.tokenizer.TokenizerTrainer` (L1/L2 + optional LPIPS + optional
+    GAN), then score it on held-out crops. ``disc_start=None``: no discriminator (reconstruction losses only).
+    ``channel_multipliers=None``: 1 + ⌈log₂ f⌉ levels for the tokenizer's f pixels per token."""
+
+    out: str = "runs/digit/decoder"
+    size: int = 64
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 5e-4
+    warmup: int = 50
+    recon_loss: str = "l1"
+    perceptual_weights: list[str] | None = None
+    perceptual_weight: float = 0.1
+    disc_start: int | None = None
+    gan_weight: float = 0.1
+    ema_decay: float | None = 0.999
+    embed: str = "centroids"
+    embed_dim: int | None = None
+    base_channels: int = 16
+    channel_multipliers: tuple[int, ...] | None = None
+    num_res_blocks: int = 1
+    z_channels: int = 64
+    eval_images: int = 64
+    baseline_images: int = 500
+    show_images: int = 8
+    seed: int = 0
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("size", "steps", "batch_size", "eval_images", "baseline_images", "show_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.disc_start is not None and not 0 <= self.disc_start < self.steps:
+            raise ValueError(f"disc_start must be in [0, steps={self.steps}) or None (no GAN), got {self.disc_start}")
+
+    def decoder_fields(self, patch: int) -> dict[str, Any]:
+        mults = self.channel_multipliers
+        if mults is None:
+            mults = (1, 2, 4, 8, 8, 8, 8)[: 1 + max(0, math.ceil(math.log2(patch)))]
+        return {
+            "embed": self.embed, "embed_dim": self.embed_dim, "base_channels": self.base_channels,
+            "channel_multipliers": tuple(mults), "num_res_blocks": self.num_res_blocks, "z_channels": self.z_channels,
+        }  # fmt: skip
+
+    def trainer_config(self) -> Any:
+        from vistok.train.tokenizer import TokenizerTrainConfig
+
+        gan = self.disc_start is not None
+        start = self.disc_start if gan else self.steps  # without a GAN the discriminator never runs
+        return TokenizerTrainConfig(
+            preset="", data="samples", video_ratio=0.0, image_size=self.size, batch_size=self.batch_size,
+            steps=self.steps, lr=self.lr, warmup=min(self.warmup, self.steps // 2), recon_loss=self.recon_loss,
+            perceptual_weights=self.perceptual_weights, perceptual_weight=self.perceptual_weight,
+            gan_weight=self.gan_weight if gan else 0.0, disc_start=start,
+            disc_warmup_start=max(0, start - start // 5) if gan else start,
+            ema_decay=self.ema_decay, out_dir=self.out, resume=self.resume, seed=self.seed,
+            log_every=max(1, min(50, self.steps // 10)), ckpt_every=max(self.steps // 2, 1), progress=self.progress,
+        )  # fmt: skip
+
+
+def _decoder_sets(size: int, n: int, seed: int) -> dict[str, Any]:
+    from vistok.data.samples import SamplePhotos
+
+    return {
+        "heldout_photos": SamplePhotos(size=size, split="heldout", length=n, seed=seed + 2000),
+        "train_photos_new_crops": SamplePhotos(size=size, split="train", length=n, seed=seed + 1000),
+    }
+
+
+def _stack(dataset: Any, n: int | None = None) -> Tensor:
+    return torch.stack([dataset[i]["pixels"] for i in range(len(dataset) if n is None else min(n, len(dataset)))])
+
+
+@torch.no_grad()
+def cluster_mean_patches(autoencoder: Any, pixels: Tensor, batch_size: int = 64) -> Tensor:
+    """The lookup-table decoder, a baseline: the mean f×f pixel patch of each id over ``pixels`` (K, 3, f, f);
+    ids never seen get the mean patch of all."""
+    f, k = autoencoder.spatial_factor, autoencoder.codebook_size
+    sums, counts = torch.zeros(k, 3 * f * f, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+    for x in pixels.split(batch_size):
+        ids = autoencoder.encode(x.to(autoencoder.device)).cpu().flatten()
+        patches = F.unfold(x.double(), kernel_size=f, stride=f).transpose(1, 2).reshape(-1, 3 * f * f)
+        sums.index_add_(0, ids, patches)
+        counts.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
+    mean = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], sums.sum(0) / counts.sum())
+    return mean.float().reshape(k, 3, f, f)
+
+
+def render_patches(patches: Tensor, ids: Tensor) -> Tensor:
+    """Pictures (B, 3, h·f, w·f) tiled from the patches (K, 3, f, f) of ids (B, h, w)."""
+    _, h, w = ids.shape
+    f = patches.shape[-1]
+    cols = patches[ids.long().flatten(1)].flatten(2).transpose(1, 2)  # (B, 3·f·f, h·w)
+    return F.fold(cols, output_size=(h * f, w * f), kernel_size=f, stride=f)
+
+
+def _as_u8(x: Tensor) -> Tensor:
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def evaluate_digit_decoder(
+    autoencoder: Any, sets: Mapping[str, Any], baseline_pixels: Tensor | None = None, batch_size: int = 32
+) -> dict[str, Any]:
+    """Mean PSNR (dB, uint8 pictures as saved) of the decoder on each held-out set, against two baselines: each
+    picture's mean colour, and (with ``baseline_pixels``) the cluster-mean-patch lookup table fitted on them."""
+    from vistok.eval import metrics
+
+    autoencoder.eval()
+    table = cluster_mean_patches(autoencoder, baseline_pixels) if baseline_pixels is not None else None
+    report: dict[str, Any] = {}
+    for name, ds in sets.items():
+        scores: dict[str, list[float]] = {"decoder": [], "mean_colour": [], "cluster_mean_patch": []}
+        for x in _stack(ds).split(batch_size):
+            ids = autoencoder.encode(x.to(autoencoder.device))
+            real = _as_u8(x)
+            scores["decoder"] += metrics.psnr(real, _as_u8(autoencoder.decode(ids).cpu())).tolist()
+            scores["mean_colour"] += metrics.psnr(real, _as_u8(x.mean((2, 3), keepdim=True).expand_as(x))).tolist()
+            if table is not None:
+                scores["cluster_mean_patch"] += metrics.psnr(real, _as_u8(render_patches(table, ids.cpu()))).tolist()
+        report[name] = {k: float(np.mean(v)) for k, v in scores.items() if v} | {"images": len(ds)}
+    return report
+
+
+@dataclass
+class DigitDecoderResult:
+    model_dir: Path | None
+    metrics: dict[str, Any]
+    picture: Path | None
+    text: str
+
+
+def train_digit_decoder(
+    tokenizer: Any, config: DigitDecoderTrainConfig | None = None, *, info: Any = None
+) -> DigitDecoderResult:
+    """Train a pixel decoder for a fitted DiGIT ``tokenizer`` (a DigitTokenizer or its folder) on built-in photo
+    crops; write ``OUT/final`` (the :class:`DigitAutoencoder`, ``vistok.from_pretrained``), ``OUT/decoder.json``
+    (held-out PSNR vs baselines) and ``OUT/reconstructions.png`` (rows: originals, decoded, lookup-table baseline)."""
+    from vistok.data.samples import SamplePhotos
+    from vistok.eval.pictures import image_grid, save_png
+    from vistok.hub import from_pretrained
+    from vistok.tokenizers.digit import DigitTokenizer
+    from vistok.tokenizers.digit_decoder import DigitAutoencoder
+    from vistok.train.tokenizer import TokenizerTrainer
+
+    c, t0 = config or DigitDecoderTrainConfig(), time.perf_counter()
+    tok = tokenizer if isinstance(tokenizer, DigitTokenizer) else DigitTokenizer.from_pretrained(tokenizer)
+    tok.eval()
+    grid = tok.token_grid(c.size, c.size)
+    if c.size % grid[0]:
+        raise ValueError(f"size {c.size} is not a whole number of pixels per token for the tokenizer's grid {grid}")
+    fields = c.decoder_fields(c.size // grid[0])
+    if tok.config.encoder != "vit" or tok.config.image_size is not None:
+        fields["spatial_factor"] = c.size // grid[0]
+    torch.manual_seed(c.seed)
+    model = DigitAutoencoder.from_tokenizer(tok, **fields)
+    train_set = SamplePhotos(size=c.size, split="train", length=1 << 20, seed=c.seed)
+    trainer = TokenizerTrainer(c.trainer_config(), model=model, datasets={"image": train_set}, info=info)
+    res = trainer.fit()
+    if not trainer.info.is_main or res.final_dir is None:
+        return DigitDecoderResult(res.final_dir, {}, None, res.summary)
+    ae = from_pretrained(res.final_dir, map_location=trainer.device).eval()
+    sets = _decoder_sets(c.size, c.eval_images, c.seed)
+    baseline = _stack(SamplePhotos(size=c.size, split="train", length=c.baseline_images, seed=c.seed + 3000))
+    scores = evaluate_digit_decoder(ae, sets, baseline)
+    table = cluster_mean_patches(ae, baseline)
+    rows, labels = [], []
+    for name, ds in sets.items():
+        x = _stack(ds, c.show_images)
+        ids = ae.encode(x.to(ae.device))
+        rows += [list(x), list(ae.decode(ids).cpu()), list(render_patches(table, ids.cpu()))]
+        labels += [f"{name}: original", "decoded", "lookup baseline"]
+    out = Path(c.out)
+    picture = save_png(image_grid(rows, row_labels=labels, scale=2), out / "reconstructions.png")
+    m = res.last_metrics
+    report = {
+        "tokenizer": {"K": ae.codebook_size, "grid": list(grid), "codebook_sha256": ae.tokenizer.codebook_sha256()},
+        "decoder_params": sum(p.numel() for p in ae.parameters() if p.requires_grad),
+        "steps": res.step, "train_rec_loss_last": m.get("rec_loss"), "train_psnr_last": m.get("psnr"),
+        "train_s": round(res.elapsed_s, 1), "heldout": scores, "config": asdict(c), "model_dir": str(res.final_dir),
+    }  # fmt: skip
+    (out / "decoder.json").write_text(json.dumps(report, indent=2))
+    h = scores["heldout_photos"]
+    n = scores["train_photos_new_crops"]
+    text = (
+        f"Trained a DiGIT pixel decoder ({report['decoder_params'] / 1e6:.2f}M trainable parameters; K="
+        f"{ae.codebook_size}, {grid[0]}x{grid[1]} tokens per {c.size}px picture) for {res.step} steps in "
+        f"{time.perf_counter() - t0:.0f}s. PSNR on held-out photos {h['decoder']:.2f} dB (baselines: mean colour "
+        f"{h['mean_colour']:.2f}, cluster-mean-patch lookup {h['cluster_mean_patch']:.2f}); on new crops of the "
+        f"training photos {n['decoder']:.2f} dB (baselines {n['mean_colour']:.2f}, {n['cluster_mean_patch']:.2f}). "
+        f"Decoder in {res.final_dir} (vistok.from_pretrained / load_tokenizer), scores in {out / 'decoder.json'}, "
+        f"reconstructions in {picture}."
+    )
+    return DigitDecoderResult(res.final_dir, report, picture, text)
+
+
+def _trained_classes(gpt_dir: str | Path, layout: TokenLayout) -> list[int]:
+    """The classes the GPT saw in training (labels of its token shards, when that folder is still there), else all:
+    class ids are labels, and a label range can have gaps (the built-in held-out photos are never trained on)."""
+    from vistok.data.shards import ShardReader
+
+    shards = json.loads((Path(gpt_dir) / LAYOUT_NAME).read_text()).get("shards")
+    if shards and Path(shards).is_dir():
+        labels = ShardReader(shards).labels
+        if labels is not None and len(labels):
+            return [int(c) for c in np.unique(labels) if 0 <= c < layout.num_classes]
+    return list(range(layout.num_classes))
+
+
+@dataclass
+class GenerateResult:
+    grids: Tensor
+    pixels: Tensor
+    labels: Tensor | None
+    picture: Path
+    text: str
+
+
+@torch.no_grad()
+def generate_pictures(
+    gpt_dir: str | Path,
+    decoder: Any,
+    out: str | Path,
+    *,
+    per_class: int = 4,
+    classes: Sequence[int] | None = None,
+    n: int = 8,
+    cfg: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> GenerateResult:
+    """Sample token grids from a GPT of :func:`train_token_gpt` (``OUT/model``) and decode them to pixels.
+
+    Class-conditional GPT: ``per_class`` grids for each of ``classes`` (default: the classes of the GPT's training
+    shards), with classifier-free guidance ``cfg``; unconditional: ``n`` grids. Writes ``samples.png`` (rows =
+    classes), ``token_maps.png`` (the ids on cells coloured by cluster), ``tokens.npy`` (B, h, w) and
+    ``samples.json`` (labels, settings).
+    """
+    from vistok.eval.pictures import image_grid, save_png
+    from vistok.hub import from_pretrained
+    from vistok.tokenizers.digit import palette
+
+    model, layout = load_token_gpt(gpt_dir)
+    ae = decoder if isinstance(decoder, nn.Module) else from_pretrained(decoder, map_location="cpu").eval()
+    if not hasattr(ae, "decode") or not hasattr(ae, "codebook_size"):
+        raise ValueError(
+            f"the decoder must be a pixel tokenizer with decode and codebook_size, got {type(ae).__name__}"
+        )
+    if int(ae.codebook_size) != layout.codebook_size:
+        raise ValueError(
+            f"the GPT in {gpt_dir} models K={layout.codebook_size} ids but the decoder has codebook_size "
+            f"{ae.codebook_size}: use the decoder trained on the tokenizer that made the GPT's tokens"
+        )
+    model.to(ae.device if isinstance(getattr(ae, "device", None), torch.device) else "cpu")
+    labels = None
+    if layout.num_classes:
+        chosen = _trained_classes(gpt_dir, layout) if classes is None else [int(k) for k in classes]
+        if per_class < 1:
+            raise ValueError(f"per_class must be >= 1, got {per_class}")
+        labels = torch.tensor(chosen).repeat_interleave(per_class)
+        if cfg != 1.0 and json.loads((Path(gpt_dir) / LAYOUT_NAME).read_text()).get("class_dropout") == 0:
+            warnings.warn(
+                f"cfg={cfg}, but the GPT in {gpt_dir} was trained with class_dropout=0: its unconditional (BOS) "
+                "logits were never trained with images, so guidance extrapolates from noise",
+                UserWarning,
+                stacklevel=2,
+            )
+        grids = sample_grids(model, layout, labels=labels, temperature=temperature, top_k=top_k, seed=seed, cfg=cfg)
+    else:
+        if cfg != 1.0:
+            raise ValueError(f"this GPT is unconditional: guidance (cfg={cfg}) needs a class-conditional GPT")
+        grids = sample_grids(model, layout, n, temperature=temperature, top_k=top_k, seed=seed)
+    pixels = torch.cat([ae.decode(g.to(ae.device)).float().cpu() for g in grids.split(16)]).clamp(-1, 1)
+    out = Path(out)
+    cols = per_class if labels is not None else min(n, 8)
+    rows = [list(pixels[i : i + cols]) for i in range(0, len(pixels), cols)]
+    colours = palette(layout.codebook_size)
+    f = pixels.shape[-1] // layout.grid[1]
+    maps = [np.kron(colours[g.numpy()], np.ones((f, f, 1), np.uint8)) for g in grids]
+    map_rows = [maps[i : i + cols] for i in range(0, len(maps), cols)]
+    names = [f"class {int(labels[i])}" for i in range(0, len(labels), cols)] if labels is not None else None
+    picture = save_png(image_grid(rows, row_labels=names, scale=2), out / "samples.png")
+    save_png(image_grid(map_rows, row_labels=names, scale=2), out / "token_maps.png")
+    tmp = out / ".tokens.npy.tmp"
+    with open(tmp, "wb") as fh:
+        np.save(fh, grids.numpy().astype(np.int64))
+    tmp.replace(out / "tokens.npy")
+    settings = {"gpt": str(gpt_dir), "cfg": cfg, "temperature": temperature, "top_k": top_k, "seed": seed}
+    (out / "samples.json").write_text(
+        json.dumps({"labels": labels.tolist() if labels is not None else None, "grid": list(layout.grid), **settings})
+    )
+    kind = f"{per_class} per class for {len(rows)} classes (cfg {cfg:g})" if labels is not None else f"{n}"
+    text = (
+        f"Sampled {len(grids)} token grids ({kind}, {layout.grid[0]}x{layout.grid[1]} ids of K="
+        f"{layout.codebook_size}) from the GPT in {gpt_dir} and decoded them to {pixels.shape[-2]}x"
+        f"{pixels.shape[-1]} pictures: {picture} (rows = {'classes' if labels is not None else 'samples'}), "
+        f"token maps in {out / 'token_maps.png'}, ids in {out / 'tokens.npy'}, settings in {out / 'samples.json'}."
+    )
+    return GenerateResult(grids, pixels, labels, picture, text)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # CLI: vistok digit {train, compare}
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -643,7 +1045,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         grids = sample_grids(res.model, lay, args.samples, labels=labels, temperature=1.0, seed=args.seed)
         (out / "samples.json").write_text(json.dumps({"labels": labels.tolist() if labels is not None else None,
                                                        "grids": grids.tolist()}))  # fmt: skip
-        text += f" {args.samples} sampled grids (ids; no DiGIT pixel decoder yet) in {out / 'samples.json'}."
+        text += (
+            f" {args.samples} sampled grids (ids) in {out / 'samples.json'}; render pictures with 'vistok digit "
+            f"decoder' and 'vistok digit generate'."
+        )
     print(text)
     return 0
 
@@ -673,13 +1078,38 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     report = compare_tokenizers(tokenizers, cfg)
     print(format_compare_table(report))
     print(f"(held-out: {args.val_images} new crops of the training photos / of the held-out photos; probe: "
-          f"{report['classes']} photos, {args.probe_images} train / test crops at zoom 3-8; no sample quality: DiGIT "
-          f"ids have no pixel decoder yet). compare.json and compare.md in {args.out}.")  # fmt: skip
+          f"{report['classes']} photos, {args.probe_images} train / test crops at zoom 3-8; sample quality is not "
+          f"scored). compare.json and compare.md in {args.out}.")  # fmt: skip
+    return 0
+
+
+def _cmd_decoder(args: argparse.Namespace) -> int:
+    mults = tuple(int(m) for m in args.channel_multipliers.split(",")) if args.channel_multipliers else None
+    cfg = DigitDecoderTrainConfig(
+        out=args.out, size=args.size, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        recon_loss=args.recon_loss, perceptual_weights=args.perceptual_weights, disc_start=args.disc_start,
+        gan_weight=args.gan_weight, embed=args.embed, embed_dim=args.embed_dim, base_channels=args.base_channels,
+        channel_multipliers=mults, z_channels=args.z_channels, eval_images=args.eval_images,
+        baseline_images=args.baseline_images, seed=args.seed,
+        resume=not args.no_resume, progress=not args.quiet,
+    )  # fmt: skip
+    print(train_digit_decoder(args.digit, cfg).text)
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    classes = [int(c) for c in args.classes.split(",") if c.strip()] if args.classes else None
+    res = generate_pictures(
+        args.gpt, args.decoder, args.out, per_class=args.per_class, classes=classes, n=args.n, cfg=args.cfg,
+        temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+    )  # fmt: skip
+    print(res.text)
     return 0
 
 
 def add_digit_train_parser(digit_subparsers: Any) -> None:
-    """Add ``train`` and ``compare`` to the ``vistok digit`` verbs (``digit_subparsers``: its sub-parser group)."""
+    """Add ``train``, ``compare``, ``decoder`` and ``generate`` to the ``vistok digit`` verbs (``digit_subparsers``:
+    its sub-parser group)."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = digit_subparsers.add_parser(
         "train",
@@ -719,3 +1149,55 @@ def add_digit_train_parser(digit_subparsers: Any) -> None:
     p.add_argument("--out", default="runs/digit/compare")
     _gpt_args(p, 300)
     p.set_defaults(func=_cmd_compare)
+
+    p = digit_subparsers.add_parser(
+        "decoder",
+        help="train a pixel decoder for DiGIT tokens (frozen tokenizer + conv decoder) and score it on held-out crops",
+        description=__doc__,
+        epilog="example:\n  vistok digit decoder --digit runs/digit/tokenizer --out runs/digit/decoder --steps 1000\n"
+        "  vistok digit decoder --digit runs/digit/tokenizer --disc-start 2000 --steps 4000 "
+        "--perceptual-weights vgg16.pth lpips_vgg.pth",
+        formatter_class=fmt,
+    )
+    p.add_argument("--digit", required=True, help="a DiGIT tokenizer folder (written by 'vistok digit fit')")
+    p.add_argument("--out", default="runs/digit/decoder", help="run folder; the model goes to OUT/final")
+    p.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=16, help="crops per step (default 16)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--recon-loss", default="l1", choices=("l1", "l2"))
+    p.add_argument("--perceptual-weights", nargs="+", default=None, help="LPIPS weight files (never downloaded)")
+    p.add_argument("--disc-start", type=int, default=None, help="step the GAN loss starts (default: no GAN)")
+    p.add_argument("--gan-weight", type=float, default=0.1)
+    p.add_argument("--embed", default="centroids", choices=("centroids", "learned"), help="token embedding init")
+    p.add_argument("--embed-dim", type=int, default=None, help="channels of learned embeddings")
+    p.add_argument("--base-channels", type=int, default=16)
+    p.add_argument("--channel-multipliers", default=None, help="e.g. 1,2,4,8 (default: 1 + log2(patch) levels)")
+    p.add_argument("--z-channels", type=int, default=64)
+    p.add_argument("--eval-images", type=int, default=64, help="held-out crops per set scored (default 64)")
+    p.add_argument("--baseline-images", type=int, default=500, help="crops the lookup baseline is fitted on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_decoder)
+
+    p = digit_subparsers.add_parser(
+        "generate",
+        help="sample token grids from a DiGIT GPT (classifier-free guidance) and decode them to a PNG grid",
+        description=__doc__,
+        epilog="example:\n  vistok digit generate --gpt runs/digit/gpt/model --decoder runs/digit/decoder/final "
+        "--cfg 2 --per-class 6 --out runs/digit/samples",
+        formatter_class=fmt,
+    )
+    p.add_argument("--gpt", required=True, help="a GPT folder written by 'vistok digit train' (OUT/model)")
+    p.add_argument("--decoder", required=True, help="a decoder folder written by 'vistok digit decoder' (OUT/final)")
+    p.add_argument("--out", default="runs/digit/samples")
+    p.add_argument("--per-class", type=int, default=4, help="samples per class of a conditional GPT (default 4)")
+    p.add_argument("--classes", default=None, help="comma-separated class ids (default: those trained on)")
+    p.add_argument("--n", type=int, default=8, help="samples of an unconditional GPT (default 8)")
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (default 1 = none)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_generate)
