@@ -139,3 +139,26 @@ def test_save_load_round_trip_and_registry(tmp_path):
     tiny = create_model("lvm-tiny")
     assert isinstance(tiny.backbone, Transformer) and tiny.format == SentenceFormat(1024, (8, 8))
     assert tiny.config.max_images == 15
+
+
+def test_shipped_lvm_loads_and_matches_the_shipped_tokenizer():
+    import json
+
+    from vistok.hub import from_pretrained
+    from vistok.models.lvm import LVM, shipped_lvm_dir
+    from vistok.train.lvm import load_run_tokenizer
+
+    folder = shipped_lvm_dir()
+    model = from_pretrained(folder)
+    assert isinstance(model, LVM) and (folder / "MODEL_CARD.md").is_file()
+    assert json.loads((folder / "tokenizer.json").read_text())["source"] == "default"
+    tok = load_run_tokenizer(folder, device="cpu")  # checks the recorded tokenizer config against the shipped one
+    assert tok.codebook_size == model.config.visual_vocab
+    # it has learned the clips: a real clip's next frames are far more likely than under a uniform guess
+    from vistok.data.sentences import builtin_sentences
+
+    clip = builtin_sentences("train", 64, ["video"], 1, frames=4, seed=123)[0]["images"]
+    with torch.no_grad():
+        grids = tok.encode(clip.to(torch.float32), pad=True).long()
+        nll = model.eval().target_nll(grids[None, :-1], grids[None, -1])
+    assert float(nll.exp()) < model.config.visual_vocab / 4

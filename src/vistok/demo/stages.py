@@ -56,24 +56,35 @@ class StageContext:
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "tokenizer": {"items": 2, "show": 2},
-        "lvm": {"sentences": 12, "val": 4, "frames": 3, "pairs": 1, "steps": 2, "batch": 2, "seq_len": 256, "eval": 1},
+        "lvm": {
+            "val": 4,
+            "unigram": 8,
+            "eval": 1,
+            "sentences": 12,
+            "frames": 3,
+            "pairs": 1,
+            "steps": 2,
+            "batch": 2,
+            "seq_len": 256,
+        },
         "maskgit": {"train": 32, "heldout": 8, "steps": 2, "batch": 4, "n": 1, "decode_steps": 4},
         "transfusion": {"scenes": 16, "val": 4, "vae_steps": 2, "steps": 2, "batch": 4, "eval": 2, "eval_steps": 2},
         "univi": {"images": 24, "videos": 8, "eval_images": 4, "eval_videos": 2, "steps": (1, 1, 2), "questions": 2},
-        "digit": {"ssl_steps": 1, "k": 8, "fit": 32, "probe": 16, "train": 32, "val": 8, "gpt_steps": 2, "n": 1},
+        "digit": {
+            "ssl_steps": 1,
+            "k": 8,
+            "fit": 32,
+            "probe": 16,
+            "train": 32,
+            "val": 8,
+            "gpt_steps": 2,
+            "decoder_steps": 2,
+            "n": 2,
+        },
     },
     "default": {
         "tokenizer": {"items": 16, "show": 6},
-        "lvm": {
-            "sentences": 160,
-            "val": 8,
-            "frames": 4,
-            "pairs": 2,
-            "steps": 120,
-            "batch": 8,
-            "seq_len": 384,
-            "eval": 4,
-        },
+        "lvm": {"val": 16, "unigram": 96, "eval": 6, "steps": 0},
         "maskgit": {"train": 1024, "heldout": 64, "steps": 150, "batch": 32, "n": 4, "decode_steps": 12},
         "transfusion": {
             "scenes": 600,
@@ -100,20 +111,22 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "train": 400,
             "val": 64,
             "gpt_steps": 120,
-            "n": 4,
+            "decoder_steps": 80,
+            "n": 8,
         },
     },
     "full": {
         "tokenizer": {"items": 64, "show": 8},
         "lvm": {
-            "sentences": 1500,
             "val": 24,
+            "unigram": 400,
+            "eval": 8,
+            "sentences": 1500,
             "frames": 8,
             "pairs": 3,
             "steps": 1500,
             "batch": 8,
             "seq_len": 1024,
-            "eval": 8,
         },
         "maskgit": {"train": 4096, "heldout": 256, "steps": 2000, "batch": 32, "n": 8, "decode_steps": 12},
         "transfusion": {
@@ -141,6 +154,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "train": 2000,
             "val": 256,
             "gpt_steps": 600,
+            "decoder_steps": 1500,
             "n": 8,
         },
     },
@@ -304,98 +318,146 @@ def stage_tokenizer(ctx: StageContext) -> StageResult:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def stage_lvm(ctx: StageContext) -> StageResult:
-    from vistok.train.lvm import LVMTrainConfig, train_lvm
-
-    p = ctx.params
-    c = LVMTrainConfig(
-        out=str(ctx.out),
-        tokenizer=ctx.tokenizer_path,
-        kinds=("video", "pairs"),
-        sentences=p["sentences"],
-        val_sentences=p["val"],
-        frames=p["frames"],
-        pairs=p["pairs"],
-        seq_len=p["seq_len"],
-        steps=p["steps"],
-        batch_size=p["batch"],
-        warmup=max(1, p["steps"] // 10),
-        log_every=max(1, p["steps"] // 20),
-        ckpt_every=max(1, p["steps"] // 2),
-        eval_items=p["eval"],
-        val_photos="train",
-        seed=ctx.seed,
-        progress=ctx.progress,
-    )
-    r = train_lvm(c)
-    ev = r.eval
-    res = StageResult(
-        "lvm",
-        "LVM: visual sentences and in-context prompts",
-        what=(
-            "lvm-tiny (a LLaMA-style decoder) trained from scratch on visual sentences of MAGVIT-v2 tokens: clips of "
-            "consecutive frames and in-context analogy pairs (A₁:B₁ … A_k:?), packed document-aware. Held out: new "
-            "clips and new crops/pairings of the training photos."
-        ),
-        config={k: v for k, v in vars(c).items() if k not in ("out", "progress", "model_overrides")},
-    )
-    nid = ev.get("next_id", {})
+def _lvm_metrics(ev: Mapping[str, Any], prefix: str, res: StageResult) -> None:
+    """The held-out numbers of an ``evaluate_lvm``-shaped report, each next to its trivial baseline."""
+    nid = ev.get("next_id") or {}
     if nid:
         res.metrics.append(
-            Metric(
-                "next visual id perplexity",
-                nid["perplexity"],
-                {"unigram": nid["unigram_perplexity"]},
-                higher_is_better=False,
-            )
+            Metric(f"{prefix}next visual id perplexity", nid["perplexity"], {"unigram": nid["unigram_perplexity"]},
+                   higher_is_better=False)
+        )  # fmt: skip
+        res.metrics.append(
+            Metric(f"{prefix}next visual id accuracy", nid["accuracy"], {"unigram": nid["unigram_accuracy"]})
         )
-        res.metrics.append(Metric("next visual id accuracy", nid["accuracy"], {"unigram": nid["unigram_accuracy"]}))
     for key, what, copy in (("next_frame", "next frame", "copy last frame"), ("analogy", "analogy B₃", "copy A₃")):
         if key in ev:
             m = ev[key]
             res.metrics.append(
-                Metric(f"{what}: token accuracy (greedy)", m["token_accuracy"], {copy: m["copy_last_token_accuracy"]})
-            )
+                Metric(f"{prefix}{what}: token accuracy (greedy)", m["token_accuracy"],
+                       {copy: m["copy_last_token_accuracy"]})
+            )  # fmt: skip
             res.metrics.append(
                 Metric(
-                    f"{what}: PSNR of the decoded prediction",
-                    m["psnr"],
+                    f"{prefix}{what}: PSNR of the decoded prediction", m["psnr"],
                     {copy: m["copy_last_psnr"], f"{copy} through the tokenizer": m["copy_last_tokens_psnr"]},
-                    unit=" dB",
-                    note=f"tokenizer ceiling {m['tokenizer_psnr']:.2f} dB",
+                    unit=" dB", note=f"tokenizer ceiling {m['tokenizer_psnr']:.2f} dB",
                 )
-            )
+            )  # fmt: skip
     curve = ev.get("perplexity_vs_context")
-    if curve:
-        res.curves["perplexity of the last frame vs context frames"] = {
-            "LVM": {"x": [float(v) for v in curve["context_frames"]], "y": curve["perplexity"]}
+    if curve and len(curve["perplexity"]) > 1:
+        res.curves.setdefault("perplexity of a clip's last frame vs context frames", {})[
+            prefix.strip(": ") or "LVM"
+        ] = {
+            "x": [float(v) for v in curve["context_frames"]],
+            "y": curve["perplexity"],
         }
-        if len(curve["perplexity"]) > 1:
-            res.metrics.append(
-                Metric(
-                    "perplexity of the last frame with all context frames",
-                    curve["perplexity"][-1],
-                    {"no context": curve["perplexity"][0]},
-                    higher_is_better=False,
-                )
-            )
-    loss = _loss_curve(ctx.out / "metrics.jsonl")
-    if loss:
-        res.curves["training loss (next-id cross-entropy)"] = {"train": loss}
-    for key, caption in (
-        ("next_frame", "next-frame prediction: context frames, greedy prediction, truth"),
-        ("analogy", "in-context analogy: pairs, the predicted last image, truth"),
-        ("perplexity_vs_context", "perplexity vs number of context frames"),
-    ):
-        _picture(ctx, ev.get("pictures", {}).get(key), caption, res)
-    if nid:
-        res.headline = f"next-id perplexity {nid['perplexity']:.1f} vs unigram {nid['unigram_perplexity']:.1f}"
+        res.metrics.append(
+            Metric(f"{prefix}perplexity of the last frame given all context frames", curve["perplexity"][-1],
+                   {"no context frame": curve["perplexity"][0]}, higher_is_better=False)
+        )  # fmt: skip
+
+
+def _shipped_lvm(ctx: StageContext, res: StageResult) -> dict[str, Any]:
+    """Evaluate the LVM shipped with vistok on new clips (and analogy prompts) of the training photos."""
+    from vistok.data.sentences import builtin_sentences, tokenize_sentences
+    from vistok.eval.pictures import image_grid
+    from vistok.hub import from_pretrained
+    from vistok.models.lvm import shipped_lvm_dir
+    from vistok.train.lvm import evaluate_lvm, prediction_metrics
+
+    p = ctx.params
+    tok = ctx.tokenizer()
+    model = from_pretrained(shipped_lvm_dir(), map_location=ctx.device).eval()
+    out = ctx.out / "shipped"
+    dirs = {split: out / "tokens" / split for split in ("train", "val")}
+    # new clips of the training photos (another seed than the model's training clips); training-distribution clips
+    # only to estimate the unigram baseline
+    val = builtin_sentences("train", 64, ["video"], p["val"], frames=8, seed=ctx.seed + 100_003)
+    uni = builtin_sentences("train", 64, ["video"], p["unigram"], frames=8, seed=ctx.seed)
+    for ds, d in ((uni, dirs["train"]), (val, dirs["val"])):
+        tokenize_sentences(ds, tok, d, tokenizer_name="magvit2", progress=ctx.progress)
+    ev = evaluate_lvm(model, tok, dirs["val"], dirs["train"], val, out, items=p["eval"], seed=ctx.seed)
+    pairs = builtin_sentences("train", 64, ["pairs"], p["eval"], pairs=3, seed=ctx.seed + 100_003)
+    items = [pairs[i] for i in range(len(pairs))]
+    ana, rows = prediction_metrics(model, tok, items, "pairs", seed=ctx.seed)
+    ev["analogy"] = ana
+    k = len(rows[0]) - 2
+    grid = image_grid(rows, row_labels=[it["task"] for it in items],
+                      col_labels=[f"ctx {j + 1}" for j in range(k)] + ["predicted", "truth"])  # fmt: skip
+    ev.setdefault("pictures", {})["analogy"] = str(_save(grid, out / "analogy.png"))
+    _lvm_metrics(ev, "shipped LVM: ", res)
+    pics = ev.get("pictures", {})
+    _picture(ctx, pics.get("next_frame"), "shipped LVM, next frame of held-out clips: context, greedy prediction, "
+             "truth", res)  # fmt: skip
+    _picture(ctx, pics.get("analogy"), "shipped LVM on in-context analogies (it was trained on clips only)", res)
+    res.notes.append(
+        f"The shipped LVM ({model.num_params() / 1e6:.1f}M parameters) was trained on 3,000 clips for 2,000 steps on "
+        "a GPU (its MODEL_CARD.md); evaluated here on new clips of the training photos."
+    )
+    return ev
+
+
+def stage_lvm(ctx: StageContext) -> StageResult:
+    from vistok.models.lvm import shipped_lvm_dir
+    from vistok.train.lvm import LVMTrainConfig, train_lvm
+
+    p = ctx.params
+    res = StageResult(
+        "lvm",
+        "LVM: visual sentences and in-context prompts",
+        what=(
+            "An LVM (a LLaMA-style decoder over visual sentences of MAGVIT-v2 tokens) continues held-out clips frame "
+            "by frame and is prompted with in-context analogy pairs (A₁:B₁, A₂:B₂, A₃:?). "
+            + ("The shipped lvm-tiny is evaluated; " if ctx.tokenizer_path is None else "")
+            + (f"an lvm-tiny is trained here for {p['steps']} steps on clips and analogy pairs." if p["steps"] else "")
+        ),
+        config=dict(p),
+    )
+    heads = []
+    if ctx.tokenizer_path is None and (shipped_lvm_dir() / "config.json").is_file():
+        ev = _shipped_lvm(ctx, res)
+        nid = ev["next_id"]
+        heads.append(f"shipped LVM: perplexity {nid['perplexity']:.1f} vs unigram {nid['unigram_perplexity']:.1f}")
+    if p["steps"]:
+        c = LVMTrainConfig(
+            out=str(ctx.out / "trained"),
+            tokenizer=ctx.tokenizer_path,
+            kinds=("video", "pairs"),
+            sentences=p["sentences"],
+            val_sentences=p["val"],
+            frames=p["frames"],
+            pairs=p["pairs"],
+            seq_len=p["seq_len"],
+            steps=p["steps"],
+            batch_size=p["batch"],
+            warmup=max(1, p["steps"] // 10),
+            log_every=max(1, p["steps"] // 20),
+            ckpt_every=max(1, p["steps"] // 2),
+            eval_items=p["eval"],
+            val_photos="train",
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
+        r = train_lvm(c)
+        _lvm_metrics(r.eval, "trained here: ", res)
+        pics = r.eval.get("pictures", {})
+        _picture(ctx, pics.get("next_frame"), "LVM trained here: next frame of held-out clips", res)
+        _picture(ctx, pics.get("analogy"), "LVM trained here: in-context analogies", res)
+        loss = _loss_curve(ctx.out / "trained" / "metrics.jsonl")
+        if loss:
+            res.curves["training loss (next-id cross-entropy)"] = {"trained here": loss}
+        res.notes.append(r.summary.splitlines()[0])
+        nid = r.eval.get("next_id")
+        if nid:
+            heads.append(f"trained here: {nid['perplexity']:.1f} vs {nid['unigram_perplexity']:.1f}")
+    res.headline = "next-id perplexity — " + "; ".join(heads) if heads else ""
     res.commands = [
-        "vistok lvm train --kinds video,pairs --sentences 3000 --steps 2000 --val-photos train --out runs/lvm",
+        "vistok lvm train --kinds video --sentences 3000 --seq-len 544 --batch-size 32 --steps 2000 "
+        "--val-photos train --out runs/lvm   # the shipped model; 1 min on a GPU",
+        "vistok lvm train --kinds pairs --sentences 3000 --loss-on outputs --steps 2000 --out runs/lvm-pairs",
         "vistok lvm generate --model runs/lvm/model --prompt f1.png f2.png f3.png --frames 2 --out next.png",
         "vistok lvm eval --model runs/lvm/model --out runs/lvm/eval",
     ]
-    res.notes.append(r.summary.splitlines()[0])
     return res
 
 
@@ -775,8 +837,19 @@ def stage_digit(ctx: StageContext) -> StageResult:
     from dataclasses import replace
 
     from vistok.data.samples import SamplePhotos
+    from vistok.eval.pictures import image_grid
     from vistok.hub import from_pretrained
-    from vistok.train.digit_ar import CompareConfig, DigitARConfig, compare_tokenizers
+    from vistok.tokenizers.digit import DigitTokenizer
+    from vistok.train.digit_ar import (
+        CompareConfig,
+        DigitARConfig,
+        DigitDecoderTrainConfig,
+        compare_tokenizers,
+        generate_pictures,
+        load_token_gpt,
+        sample_grids,
+        train_digit_decoder,
+    )
     from vistok.train.dino import DigitFitConfig, fit_digit
 
     p = ctx.params
@@ -793,24 +866,48 @@ def stage_digit(ctx: StageContext) -> StageResult:
     fit = fit_digit(fc)
     digit = from_pretrained(fit.tokenizer_dir).eval()
     magvit = ctx.tokenizer()
-    k_magvit = int(magvit.codebook_size)
-    tokenizers = {f"DiGIT K={digit.codebook_size}": digit}
-    if k_magvit != digit.codebook_size:  # the same features clustered at MAGVIT-v2's vocabulary size
-        from vistok.tokenizers.digit import DigitTokenizer
-
+    k, k_magvit = int(digit.codebook_size), int(magvit.codebook_size)
+    names = {"digit": f"DiGIT-K{k}", "same_k": f"DiGIT-K{k_magvit}", "magvit": f"MAGVIT-v2-K{k_magvit}"}
+    tokenizers = {names["digit"]: digit}
+    if k_magvit != k:  # the same features clustered at MAGVIT-v2's vocabulary size, for a comparison at equal K
         same_k = DigitTokenizer(replace(digit.config, num_clusters=k_magvit), encoder=digit.encoder)
         photos = SamplePhotos(size=64, split="train", length=p["fit"], seed=ctx.seed + 1)
-        tokenizers[f"DiGIT K={k_magvit}"] = same_k.fit(photos, batch_size=64, max_images=p["fit"]).eval()
-    tokenizers[f"MAGVIT-v2 K={k_magvit}"] = magvit
+        tokenizers[names["same_k"]] = same_k.fit(photos, batch_size=64, max_images=p["fit"]).eval()
+    tokenizers[names["magvit"]] = magvit
+    gpt = DigitARConfig(conditional=False, progress=False, steps=p["gpt_steps"], warmup=max(1, p["gpt_steps"] // 10))
     cc = CompareConfig(
         out=str(ctx.out / "compare"),
         train_images=p["train"],
         val_images=p["val"],
         probe_images=p["probe"],
         seed=ctx.seed,
-        gpt=DigitARConfig(conditional=False, progress=False, steps=p["gpt_steps"], warmup=max(1, p["gpt_steps"] // 10)),
+        gpt=gpt,
     )
-    report = compare_tokenizers(tokenizers, cc, log=lambda *a, **k: None)
+    report = compare_tokenizers(tokenizers, cc, log=lambda *a, **kw: None)
+    # the pixel decoder for the DiGIT tokens, then samples of both GPTs decoded to pixels
+    dc = DigitDecoderTrainConfig(
+        out=str(ctx.out / "decoder"),
+        steps=p["decoder_steps"],
+        warmup=max(1, p["decoder_steps"] // 10),
+        eval_images=p["val"],
+        baseline_images=p["fit"],
+        seed=ctx.seed,
+        progress=ctx.progress,
+    )
+    dec = train_digit_decoder(digit, dc)
+    gen = generate_pictures(
+        ctx.out / "compare" / f"gpt_{names['digit']}" / "model", dec.model_dir, ctx.out / "samples", n=p["n"],
+        seed=ctx.seed,
+    )  # fmt: skip
+    model, layout = load_token_gpt(ctx.out / "compare" / f"gpt_{names['magvit']}" / "model")
+    ids = sample_grids(model, layout, p["n"], seed=ctx.seed)
+    with torch.no_grad():
+        magvit_pixels = magvit.decode(ids.to(next(magvit.parameters()).device)).float().cpu()
+    sample_grid = image_grid(
+        [list(gen.pixels), list(magvit_pixels)],
+        row_labels=[f"DiGIT K={k} + decoder", f"MAGVIT-v2 K={k_magvit}"],
+        scale=2,
+    )
     res = StageResult(
         "digit",
         "DiGIT: discriminative tokens from k-means over self-supervised features",
@@ -819,11 +916,13 @@ def stage_digit(ctx: StageContext) -> StageResult:
             "the DiGIT tokens. The same GPT (same size, steps and crops) is then trained on DiGIT tokens and on "
             "MAGVIT-v2 tokens and scored on held-out crops: how predictable the tokens are (bits per token / log2 K: "
             "1 = a uniform guess, 0 = perfect), and how well a linear probe reads the source photo from the GPT's "
-            "features."
+            "features. A convolutional decoder learns to render DiGIT token grids as pixels, so the GPT's samples "
+            "can be looked at."
         ),
         config={
             "fit": {k: v for k, v in vars(fc).items() if k not in ("out", "progress", "dino_overrides")},
             "compare": {"train_images": cc.train_images, "val_images": cc.val_images, "gpt_steps": p["gpt_steps"]},
+            "decoder_steps": p["decoder_steps"],
         },
     )
     probe = fit.summary.get("probe") or {}
@@ -835,21 +934,39 @@ def stage_digit(ctx: StageContext) -> StageResult:
                 {"random-init ViT": probe["random"]["pooled"]},
             )
         )
-    _digit_compare_metrics(report, k_magvit, res)
+    _digit_compare_metrics(report, names, res)
+    for split, row in (dec.metrics.get("heldout") or {}).items():
+        if isinstance(row, Mapping) and row.get("decoder") is not None:
+            base = {"each picture's mean colour": row.get("mean_colour")}
+            if row.get("cluster_mean_patch") is not None:
+                base["per-token mean patch (lookup table)"] = row["cluster_mean_patch"]
+            res.metrics.append(
+                Metric(f"pixel decoder PSNR, {split.replace('_', ' ')}", row["decoder"], base, unit=" dB")
+            )
     _picture(ctx, fit.picture, "DiGIT token maps: crops and their k-means token ids (colour = cluster)", res)
+    _picture(ctx, dec.picture, "pixel decoder: held-out crops, decoded from their DiGIT tokens, lookup baseline", res)
+    _picture(
+        ctx, _save(sample_grid, ctx.out / "samples.png"),
+        "unconditional samples of the same GPT trained on each tokenizer's ids, decoded to pixels", res,
+    )  # fmt: skip
+    _picture(ctx, ctx.out / "samples" / "token_maps.png", "the sampled DiGIT token grids", res)
     res.commands = [
         "vistok digit fit --data samples --size 64 --k 256 --ssl-steps 300 --out runs/digit",
         "vistok digit compare --digit runs/digit/tokenizer --k 64,256,1024 --out runs/digit/compare",
+        "vistok digit decoder --digit runs/digit/tokenizer --steps 2000 --out runs/digit/decoder",
+        "vistok digit train --tokenizer runs/digit/tokenizer --steps 2000 --class-dropout 0.1 --out runs/digit/gpt",
+        "vistok digit generate --gpt runs/digit/gpt/model --decoder runs/digit/decoder/final --cfg 3 --out samples",
     ]
     return res
 
 
-def _digit_compare_metrics(report: Mapping[str, Any], k: int, res: StageResult) -> None:
+def _digit_compare_metrics(report: Mapping[str, Any], names: Mapping[str, str], res: StageResult) -> None:
     rows = {r["tokenizer"]: r for r in report.get("rows", [])}
-    ours, base = rows.get(f"DiGIT K={k}"), rows.get(f"MAGVIT-v2 K={k}")
+    ours, base = rows.get(names["same_k"]) or rows.get(names["digit"]), rows.get(names["magvit"])
     if ours is None or base is None:
         return
-    label = f"MAGVIT-v2 tokens (K={k}), same GPT"
+    k = ours["K"]
+    label = f"MAGVIT-v2 tokens (K={base['K']}), same GPT"
     for split, what in (("val_crops", "new crops of the training photos"), ("val_photos", "the held-out photos")):
         res.metrics.append(
             Metric(
@@ -869,7 +986,7 @@ def _digit_compare_metrics(report: Mapping[str, Any], k: int, res: StageResult) 
         )
     )
     for name, row in rows.items():
-        if name.startswith("DiGIT") and name != f"DiGIT K={k}":
+        if name.startswith("DiGIT") and row is not ours:
             res.notes.append(
                 f"{name}: bits per token / log2 K {row['val_crops']['bits_per_log2k']:.3f} on new crops, "
                 f"probe {row['probe']['final']:.3f}"

@@ -26,6 +26,7 @@ special ids, 16×16 ids per image, context 4,096 = 15 images and change).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ from vistok.hub import PretrainedMixin
 from vistok.models.transformer import Mask, Transformer, TransformerConfig
 from vistok.registry import PresetMixin, register_model
 
-__all__ = ["LVM", "PRESETS", "LVMConfig"]
+__all__ = ["LVM", "PRESETS", "LVMConfig", "shipped_lvm_dir"]
 
 
 @dataclass
@@ -237,3 +238,10 @@ PRESETS: dict[str, LVMConfig] = {
 }
 
 register_model("lvm", LVM, presets=PRESETS)
+
+
+def shipped_lvm_dir() -> Path:
+    """The folder of the small LVM shipped inside the package (``vistok/models/weights/lvm-tiny-clips``): lvm-tiny
+    trained on clips of the built-in photos, tokenized by the shipped default tokenizer (see its ``MODEL_CARD.md``).
+    Load it with ``vistok.from_pretrained(shipped_lvm_dir())``."""
+    return Path(__file__).resolve().parent / "weights" / "lvm-tiny-clips"
