@@ -150,3 +150,26 @@ def test_tiny_pipeline_fit_tokenize_gpt_decoder_generate(tmp_path, capsys):
                      "--eval-images", "2", "--baseline-images", "8", "-q"]) == 0  # fmt: skip
     assert "PSNR on held-out photos" in capsys.readouterr().out
     assert (tmp_path / "dec2" / "final" / "model.safetensors").is_file()
+
+
+def test_feature_distance_is_zero_for_equal_sets_and_grows_with_a_shift():
+    import torch
+
+    from vistok.train.digit_ar import feature_distance
+
+    class Pool:  # features = the pixels themselves on a 4×4 grid (B, 4, 4, 3)
+        def features(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 4).permute(0, 2, 3, 1)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 16, 16, generator=gen) * 2 - 1
+    y = torch.rand(64, 3, 16, 16, generator=gen) * 2 - 1
+    enc = Pool()
+    assert feature_distance(enc, x, x) < 1e-6
+    same = feature_distance(enc, x, y)
+    shifted = feature_distance(enc, (x + 0.5).clamp(-1, 1), y)
+    assert 0 <= same < shifted
+    # the mean term alone for a pure shift of every feature: ‖Δμ‖² with Δμ = 0.3 over 3 channels
+    assert feature_distance(enc, x + 0.3, x) == pytest.approx(3 * 0.3**2, rel=1e-4)
+    with pytest.raises(ValueError, match="pictures"):
+        feature_distance(enc, x[:1], y)

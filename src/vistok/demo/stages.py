@@ -80,6 +80,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "gpt_steps": 2,
             "decoder_steps": 2,
             "n": 2,
+            "fd": 4,
         },
     },
     "default": {
@@ -113,6 +114,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "gpt_steps": 120,
             "decoder_steps": 80,
             "n": 8,
+            "fd": 64,
         },
     },
     "full": {
@@ -156,6 +158,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "gpt_steps": 600,
             "decoder_steps": 1500,
             "n": 8,
+            "fd": 256,
         },
     },
 }
@@ -845,6 +848,7 @@ def stage_digit(ctx: StageContext) -> StageResult:
         DigitARConfig,
         DigitDecoderTrainConfig,
         compare_tokenizers,
+        feature_distance,
         generate_pictures,
         load_token_gpt,
         sample_grids,
@@ -895,19 +899,33 @@ def stage_digit(ctx: StageContext) -> StageResult:
         progress=ctx.progress,
     )
     dec = train_digit_decoder(digit, dc)
+    n = max(p["n"], p["fd"])
     gen = generate_pictures(
-        ctx.out / "compare" / f"gpt_{names['digit']}" / "model", dec.model_dir, ctx.out / "samples", n=p["n"],
+        ctx.out / "compare" / f"gpt_{names['digit']}" / "model", dec.model_dir, ctx.out / "samples", n=n,
         seed=ctx.seed,
     )  # fmt: skip
     model, layout = load_token_gpt(ctx.out / "compare" / f"gpt_{names['magvit']}" / "model")
-    ids = sample_grids(model, layout, p["n"], seed=ctx.seed)
+    ids = sample_grids(model, layout, n, seed=ctx.seed)
     with torch.no_grad():
-        magvit_pixels = magvit.decode(ids.to(next(magvit.parameters()).device)).float().cpu()
+        magvit_pixels = torch.cat([magvit.decode(b.to(ctx.device)).float().cpu() for b in ids.split(64)])
+        ae = from_pretrained(dec.model_dir).eval()
+        rand_ids = torch.randint(k, tuple(gen.grids.shape), generator=torch.Generator().manual_seed(ctx.seed))
+        random_pixels = ae.decode(rand_ids).float().cpu()
+    shown = p["n"]
     sample_grid = image_grid(
-        [list(gen.pixels), list(magvit_pixels)],
+        [list(gen.pixels[:shown]), list(magvit_pixels[:shown])],
         row_labels=[f"DiGIT K={k} + decoder", f"MAGVIT-v2 K={k_magvit}"],
         scale=2,
     )
+    # sample quality: Fréchet distance to real crops in the DINO ViT's feature space (FID's recipe, our encoder)
+    real = torch.stack([it["pixels"] for it in SamplePhotos(64, "train", length=n, seed=ctx.seed + 5000)])
+    real2 = torch.stack([it["pixels"] for it in SamplePhotos(64, "train", length=n, seed=ctx.seed + 6000)])
+    fd = {
+        "digit": feature_distance(digit.encoder, gen.pixels, real),
+        "magvit": feature_distance(digit.encoder, magvit_pixels, real),
+        "random": feature_distance(digit.encoder, random_pixels, real),
+        "real": feature_distance(digit.encoder, real2, real),
+    }
     res = StageResult(
         "digit",
         "DiGIT: discriminative tokens from k-means over self-supervised features",
@@ -943,6 +961,21 @@ def stage_digit(ctx: StageContext) -> StageResult:
             res.metrics.append(
                 Metric(f"pixel decoder PSNR, {split.replace('_', ' ')}", row["decoder"], base, unit=" dB")
             )
+    res.metrics.append(
+        Metric(
+            f"generated samples: Fréchet distance to real crops in DINO-feature space ({n} samples)",
+            fd["digit"],
+            {
+                f"MAGVIT-v2 K={k_magvit} samples, same GPT": fd["magvit"],
+                "random DiGIT token grids, decoded": fd["random"],
+            },
+            higher_is_better=False,
+            note=(
+                f"real crops vs other real crops: {fd['real']:.3f} (the floor); the feature network is the DiGIT "
+                "tokenizer's own ViT, which may favour DiGIT tokens"
+            ),
+        )
+    )
     _picture(ctx, fit.picture, "DiGIT token maps: crops and their k-means token ids (colour = cluster)", res)
     _picture(ctx, dec.picture, "pixel decoder: held-out crops, decoded from their DiGIT tokens, lookup baseline", res)
     _picture(

@@ -71,6 +71,7 @@ __all__ = [
     "digit_ar_loss",
     "evaluate_digit_decoder",
     "evaluate_token_gpt",
+    "feature_distance",
     "format_compare_table",
     "generate_pictures",
     "gpt_features",
@@ -752,6 +753,28 @@ def _decoder_sets(size: int, n: int, seed: int) -> dict[str, Any]:
 
 def _stack(dataset: Any, n: int | None = None) -> Tensor:
     return torch.stack([dataset[i]["pixels"] for i in range(len(dataset) if n is None else min(n, len(dataset)))])
+
+
+@torch.no_grad()
+def feature_distance(encoder: Any, pictures: Tensor, reference: Tensor, batch_size: int = 64) -> float:
+    """Fréchet distance between the mean-pooled patch features of two sets of pictures (3, H, W) in [−1, 1]:
+    FID's recipe with ``encoder`` (anything with ``features(pixels) → (B, h, w, C)``, e.g. the self-supervised ViT of
+    a DiGIT tokenizer) in place of Inception. 0 for identical feature statistics; a sample quality score where no
+    Inception weights can be loaded. Needs at least two pictures per set."""
+    from vistok.eval import metrics
+
+    if pictures.ndim != 4 or reference.ndim != 4 or min(len(pictures), len(reference)) < 2:
+        raise ValueError(
+            f"expected two batches of >= 2 pictures (N, 3, H, W), got {tuple(pictures.shape)} and "
+            f"{tuple(reference.shape)}"
+        )
+
+    def pooled(x: Tensor) -> Tensor:
+        x = x.float().clamp(-1, 1)  # decoders overshoot a little; score the pictures as they would be saved
+        return torch.cat([encoder.features(b).float().mean(dim=(1, 2)).cpu() for b in x.split(batch_size)])
+
+    a, b = pooled(pictures.to(encoder.device)), pooled(reference.to(encoder.device))
+    return float(metrics.frechet_distance(*metrics.feature_statistics(a), *metrics.feature_statistics(b)))
 
 
 @torch.no_grad()
