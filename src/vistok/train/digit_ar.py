@@ -773,7 +773,8 @@ def feature_distance(encoder: Any, pictures: Tensor, reference: Tensor, batch_si
         x = x.float().clamp(-1, 1)  # decoders overshoot a little; score the pictures as they would be saved
         return torch.cat([encoder.features(b).float().mean(dim=(1, 2)).cpu() for b in x.split(batch_size)])
 
-    a, b = pooled(pictures.to(encoder.device)), pooled(reference.to(encoder.device))
+    device = getattr(encoder, "device", "cpu")
+    a, b = pooled(pictures.to(device)), pooled(reference.to(device))
     return float(metrics.frechet_distance(*metrics.feature_statistics(a), *metrics.feature_statistics(b)))
 
 
