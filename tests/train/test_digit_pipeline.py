@@ -169,7 +169,10 @@ def test_feature_distance_is_zero_for_equal_sets_and_grows_with_a_shift():
     same = feature_distance(enc, x, y)
     shifted = feature_distance(enc, (x + 0.5).clamp(-1, 1), y)
     assert 0 <= same < shifted
-    # the mean term alone for a pure shift of every feature: ‖Δμ‖² with Δμ = 0.3 over 3 channels
-    assert feature_distance(enc, x + 0.3, x) == pytest.approx(3 * 0.3**2, rel=1e-4)
+    # the mean term alone for a pure shift of every feature: ‖Δμ‖² with Δμ = 0.3 over 3 channels (kept in range)
+    half = x / 2
+    assert feature_distance(enc, half + 0.3, half) == pytest.approx(3 * 0.3**2, rel=1e-4)
+    # pictures are scored as they would be saved: out-of-range values are clipped to [-1, 1]
+    assert feature_distance(enc, x * 3, x.sign()) < 0.2 * feature_distance(enc, x, x.sign())
     with pytest.raises(ValueError, match="pictures"):
         feature_distance(enc, x[:1], y)
