@@ -163,6 +163,8 @@ def test_bad_inputs(tmp_path):
         parse_reduction("merge:x")
     with pytest.raises(ValueError, match="unknown reduction"):
         UniViTrainConfig(reductions=("merge", "mean"))
+    with pytest.raises(ValueError, match="stage0_qa"):
+        UniViTrainConfig(stage0_qa=1.5)
     with pytest.raises(SystemExit):
         _cli(["univi", "ask", "img.png", "q?"])  # --model is required
 

@@ -25,14 +25,25 @@ one or more turns ``question-bytes " " answer-bytes EOS``. Training takes the lo
 decodes greedily with the LM's static KV cache until EOS (:meth:`UniVi.answer`; batches are left-padded and padding
 keys are masked, which is exact because RoPE only sees position differences).
 
+**Language model.** By default a byte-level vistok LLaMA trained from scratch; :meth:`UniVi.from_llm` (``vistok univi
+train --llm DIR``) uses a local Hugging Face ``LlamaForCausalLM`` folder instead, with its ``tokenizer.json``.
+
+**Feature normalization.** The projector standardizes each feature channel with the training features' statistics
+(:class:`FeatureStandardizer`); a per-token LayerNorm over MAGVIT-v2's 10 channels erases each token's mean and scale
+over its channels, and with them much of the colour a linear read-out finds (``feature_norm="layer"`` keeps it).
+
 Presets: ``univi-tiny`` (CPU: 4 layers × 128 dims) and ``univi-small`` (8 layers × 384 dims).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -49,7 +60,7 @@ from vistok.tokenizers.merge import (
     spatial_order,
     video_events,
 )
-from vistok.tokenizers.text import ByteTokenizer
+from vistok.tokenizers.text import ByteTokenizer, HFTextTokenizer, TextTokenizer
 
 __all__ = [
     "IGNORE",
@@ -65,6 +76,8 @@ __all__ = [
 
 REDUCTIONS = ("merge", "pool", "all")
 IGNORE = -100  # target of positions without loss
+FEATURE_NORMS = ("standard", "layer")
+TOKENIZER_NAME = "tokenizer.json"  # a saved model's copy of its text tokenizer (when not bytes)
 SCALE_ALL, SCALE_POOL, NUM_SCALES = 6, 7, 8  # scale ids: merge stage s → min(s, 5); every patch; pooled
 ENCODERS = ("magvit",)  # or a local folder of a Hugging Face vision model
 
@@ -85,6 +98,15 @@ class UniViConfig(PresetMixin):
       ``frames_per_event``: K = ⌈T / frames_per_event⌉ contiguous events per clip.
     - LM: ``dim``, ``n_layers``, ``n_heads``, ``n_kv_heads``, ``max_seq_len`` of the byte-level LLaMA; ``vocab_size``
       is the byte tokenizer's (derived). ``pos_freqs``: Fourier frequencies per coordinate of the position embedding.
+    - ``llm``: the fields of a Hugging Face ``LlamaConfig`` (a parsed ``config.json``) to use as the language model
+      instead of the byte-level LLaMA above (its shape replaces ``dim`` … ``max_seq_len``; the weights come from
+      :meth:`UniVi.from_llm`). ``text_tokenizer``: a ``tokenizer.json`` for the text (None: bytes); a relative path
+      is taken relative to the model folder by :meth:`UniVi.from_pretrained` (a saved model stores its copy as
+      ``tokenizer.json``). ``vocab_size`` (derived) is the LM's: the checkpoint's, grown to hold the tokenizer's
+      appended special ids when a ``tokenizer.json`` is used; without one, the checkpoint's vocabulary must hold the
+      byte tokenizer's 272 ids.
+    - ``feature_norm``: how the projector normalizes patch features: "standard" (per-channel standardization with
+      the training features' statistics, set by ``vistok univi train``) or "layer" (a per-token LayerNorm).
     """
 
     encoder: str = "magvit"
@@ -102,12 +124,17 @@ class UniViConfig(PresetMixin):
     max_seq_len: int = 1024
     pos_freqs: int = 6
     init_std: float = 0.02
+    llm: dict[str, Any] | None = None
+    text_tokenizer: str | None = None
+    feature_norm: str = "standard"
 
     vocab_size: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"UniViConfig.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"UniViConfig.feature_norm must be one of {FEATURE_NORMS}, got {self.feature_norm!r}")
         if self.encoder not in ("magvit", "hf"):
             raise ValueError(f"UniViConfig.encoder must be 'magvit' or 'hf', got {self.encoder!r}")
         if self.encoder == "hf" and not self.encoder_path:
@@ -120,9 +147,39 @@ class UniViConfig(PresetMixin):
         for name in ("feature_dim", "dim", "n_layers", "n_heads", "max_seq_len", "frames_per_event", "pos_freqs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UniViConfig.{name} must be >= 1, got {getattr(self, name)}")
-        self.vocab_size = len(ByteTokenizer())
+        text_size = len(self.tokenizer())
+        if self.llm is None:
+            self.vocab_size = text_size
+            return
+        from vistok.models.hf_llama import hf_config_to_vistok
+
+        self.llm = dict(self.llm)
+        hf_vocab = hf_config_to_vistok(self.llm).vocab_size  # validates the LLaMA config
+        if self.text_tokenizer is None and hf_vocab < text_size:
+            raise ValueError(
+                f"the language model's vocabulary ({hf_vocab} ids) cannot hold the byte tokenizer's {text_size} ids "
+                "(bytes 0-255 + specials); give the model folder a tokenizer.json, or use a model with a vocabulary "
+                f"of at least {text_size}"
+            )
+        self.vocab_size = max(hf_vocab, text_size)
+
+    def tokenizer(self) -> TextTokenizer:
+        """The text tokenizer: bytes, or :class:`~vistok.tokenizers.text.HFTextTokenizer` of ``text_tokenizer``."""
+        if self.text_tokenizer is None:
+            return ByteTokenizer()
+        path = Path(self.text_tokenizer).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"UniViConfig.text_tokenizer {self.text_tokenizer!r} does not exist (a saved model's relative "
+                "'tokenizer.json' is resolved by UniVi.from_pretrained / load_univi)"
+            )
+        return HFTextTokenizer(path)
 
     def lm_config(self) -> TransformerConfig:
+        if self.llm is not None:
+            from vistok.models.hf_llama import hf_config_to_vistok
+
+            return dataclasses.replace(hf_config_to_vistok(self.llm), vocab_size=self.vocab_size)
         return TransformerConfig(
             vocab_size=self.vocab_size,
             dim=self.dim,
@@ -285,13 +342,38 @@ class UniViBatch(NamedTuple):
     attend: Tensor
 
 
-class Projector(nn.Module):
-    """One projection for all scales: LayerNorm → Linear → GELU → Linear, plus the centroid-position and scale
-    embeddings."""
+class FeatureStandardizer(nn.Module):
+    """x ↦ (x − mean) / std per channel, with the frozen encoder's channel statistics (buffers, saved with the model;
+    identity until :meth:`set_stats`). Unlike a per-token LayerNorm it keeps each token's mean and norm over its
+    channels, which matter for low-dimensional features: over MAGVIT-v2's 10 latent channels a LayerNorm removes two
+    of ten degrees of freedom, and with them much of the colour a linear read-out finds."""
 
-    def __init__(self, feature_dim: int, dim: int, pos_freqs: int) -> None:
+    def __init__(self, feature_dim: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(feature_dim)
+        self.register_buffer("mean", torch.zeros(feature_dim))
+        self.register_buffer("std", torch.ones(feature_dim))
+
+    @torch.no_grad()
+    def set_stats(self, features: Tensor, eps: float = 1e-4) -> None:
+        """Per-channel mean and std of ``features`` (..., C) (e.g. every cached training patch)."""
+        f = features.reshape(-1, features.shape[-1]).double()
+        self.mean.copy_(f.mean(0).to(self.mean))
+        self.std.copy_(f.std(0).clamp_min(eps).to(self.std))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class Projector(nn.Module):
+    """One projection for all scales: feature normalization → Linear → GELU → Linear, plus the centroid-position and
+    scale embeddings. ``feature_norm``: "standard" (:class:`FeatureStandardizer`) or "layer" (a LayerNorm, as the
+    first version; kept to load its checkpoints)."""
+
+    def __init__(self, feature_dim: int, dim: int, pos_freqs: int, feature_norm: str = "standard") -> None:
+        super().__init__()
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}")
+        self.norm = FeatureStandardizer(feature_dim) if feature_norm == "standard" else nn.LayerNorm(feature_dim)
         self.fc1 = nn.Linear(feature_dim, dim)
         self.fc2 = nn.Linear(dim, dim)
         self.pos = nn.Linear(3 * 2 * pos_freqs, dim)
@@ -314,13 +396,78 @@ class UniVi(nn.Module, PretrainedMixin):
 
     config_class = UniViConfig
 
-    def __init__(self, config: UniViConfig) -> None:
+    def __init__(self, config: UniViConfig, lm: Transformer | None = None) -> None:
         super().__init__()
         self.config = config
-        self.text = ByteTokenizer()
-        self.projector = Projector(config.feature_dim, config.dim, config.pos_freqs)
-        self.lm = Transformer(config.lm_config())
+        self.text = config.tokenizer()
+        lm_config = config.lm_config()
+        if lm is not None and (lm.config.dim, lm.config.vocab_size) != (lm_config.dim, lm_config.vocab_size):
+            raise ValueError(
+                f"the given LM (dim {lm.config.dim}, vocab {lm.config.vocab_size}) does not fit the config "
+                f"(dim {lm_config.dim}, vocab {lm_config.vocab_size})"
+            )
+        self.projector = Projector(config.feature_dim, lm_config.dim, config.pos_freqs, config.feature_norm)
+        self.lm = lm if lm is not None else Transformer(lm_config)
         self.__dict__["_encoder"] = None  # not a submodule: never in the state dict, never trained
+
+    # -- a Hugging Face LLaMA as the language model
+
+    @classmethod
+    def from_llm(cls, llm_dir: str | os.PathLike, config: UniViConfig | None = None, **overrides: Any) -> UniVi:
+        """A UniVi whose language model is the Hugging Face ``LlamaForCausalLM`` folder ``llm_dir`` (loaded with
+        :func:`vistok.models.hf_llama.from_hf_llama`, in float32), with the folder's ``tokenizer.json`` for the text
+        when it has one (else bytes, which the checkpoint's vocabulary must hold). The projector is new (random).
+
+        With a ``tokenizer.json``, the vistok specials (BOS, EOS, BOI, EOI, PAD, …) are appended after its vocabulary;
+        rows the checkpoint lacks are added to the embedding and output tables, initialised to the mean of the
+        existing rows (every checkpoint row is kept as is). ``config`` / ``overrides``: the other UniVi settings.
+        """
+        from vistok.models.hf_llama import CONFIG_NAME, _read_json, from_hf_llama
+
+        folder = Path(llm_dir).expanduser()
+        if not (folder / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; expected a Hugging Face LlamaForCausalLM folder")
+        tok = folder / "tokenizer.json"
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(UniViConfig) if f.init} if config else {}
+        fields |= overrides | {
+            "llm": _read_json(folder / CONFIG_NAME),
+            "text_tokenizer": str(tok) if tok.is_file() else None,
+        }
+        cfg = UniViConfig(**fields)
+        lm = _grow_vocab(from_hf_llama(folder, dtype=torch.float32), cfg.vocab_size)
+        return cls(cfg, lm=lm)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """``config.json`` + ``model.safetensors``, plus a copy of the text tokenizer's ``tokenizer.json`` when the
+        model uses one (the saved config then names it relative to the folder)."""
+        if self.config.text_tokenizer is None:
+            return super().save_pretrained(save_directory)
+        source = Path(self.text.path)
+        saved = self.config
+        self.config = copy.copy(saved)  # not dataclasses.replace: the relative name need not resolve here
+        self.config.text_tokenizer = TOKENIZER_NAME
+        try:
+            folder = super().save_pretrained(save_directory)
+        finally:
+            self.config = saved
+        if source.resolve() != (folder / TOKENIZER_NAME).resolve():
+            shutil.copyfile(source, folder / TOKENIZER_NAME)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> UniVi:
+        """As :meth:`PretrainedMixin.from_pretrained`, resolving a relative ``text_tokenizer`` in the model folder."""
+        folder = Path(path_or_id).expanduser()
+        if folder.is_dir() and (folder / "config.json").is_file():
+            import json
+
+            saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            tok = saved.get("text_tokenizer")
+            if tok is not None and not Path(tok).is_absolute() and "text_tokenizer" not in kwargs:
+                kwargs["text_tokenizer"] = str(folder / tok)
+            if "feature_norm" not in saved and "feature_norm" not in kwargs:
+                kwargs["feature_norm"] = "layer"  # saved before the field existed: a LayerNorm
+        return super().from_pretrained(path_or_id, **kwargs)
 
     # -- features and visual tokens
 
@@ -376,6 +523,18 @@ class UniVi(nn.Module, PretrainedMixin):
             frames_per_event=c.frames_per_event,
             num_tokens=num_tokens,
         )
+
+    def num_events(self, features: Tensor, reduction: str | None = None) -> int | None:
+        """Events per sample that ``reduction`` splits ``features`` into: 1 for images (B, N, C); for videos
+        (B, T, N, C) min(T, ⌈T / frames_per_event⌉) for "merge" and "pool" (a ``num_tokens`` count is *per event*),
+        None for "all" (every patch of every frame; no events)."""
+        reduction = _check_reduction(reduction or self.config.reduction)
+        if features.ndim == 3:
+            return 1
+        if reduction == "all":
+            return None
+        t = int(features.shape[1])
+        return min(t, math.ceil(t / self.config.frames_per_event))
 
     def embed_visual(self, vt: VisualTokens) -> Tensor:
         """Projected visual tokens (B, L, dim)."""
@@ -510,6 +669,26 @@ class UniVi(nn.Module, PretrainedMixin):
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by part: "projector" (MLP + position/scale embeddings) and "lm"."""
         return {"projector": list(self.projector.parameters()), "lm": list(self.lm.parameters())}
+
+
+def _grow_vocab(lm: Transformer, vocab_size: int) -> Transformer:
+    """``lm`` with its embedding (and untied output) table grown to ``vocab_size`` rows; new rows = the mean row."""
+    old = lm.config.vocab_size
+    if vocab_size <= old:
+        return lm
+    with torch.no_grad():
+        emb = lm.tok_embeddings.weight
+        new = torch.cat([emb, emb.mean(0, keepdim=True).expand(vocab_size - old, -1)])
+        lm.tok_embeddings = nn.Embedding.from_pretrained(new.clone(), freeze=False)
+        if lm.config.tie_embeddings:
+            lm.output.weight = lm.tok_embeddings.weight
+        else:
+            out = lm.output.weight
+            head = nn.Linear(out.shape[1], vocab_size, bias=False)
+            head.weight.copy_(torch.cat([out, out.mean(0, keepdim=True).expand(vocab_size - old, -1)]))
+            lm.output = head
+    lm.config = dataclasses.replace(lm.config, vocab_size=vocab_size)
+    return lm
 
 
 def _check_model_dir(path: str | os.PathLike) -> None:

@@ -9,9 +9,13 @@
 2. trains in the paper's stages, each with the shared :class:`~vistok.train.loop.Trainer` (checkpoints and resume in
    ``out/stage{0,1,2}``):
 
-   - stage 0 — the LM alone on the training captions and QA *text* (sequences ``BOS BOI EOI question answer EOS``,
-     no visual tokens), so the LM is not random (vistok has no pretrained byte LM to load). This stage's model is
-     also the *text-only baseline*: it answers from the question alone;
+   - stage 0 — the LM alone on the training captions *text* (sequences ``BOS BOI EOI describe: caption EOS``, no
+     visual tokens; a ``stage0_qa`` share of QA text, default none), so the LM is not random. QA text here would
+     teach the answers' priors before any image is seen, and the model then learns to ignore the image. This
+     stage's model is the *text-only LM* row of the evaluation (with captions only it has not seen the questions;
+     the fair no-image baseline is the final model without visual tokens). With ``llm`` (``--llm DIR``, a local
+     Hugging Face ``LlamaForCausalLM`` folder, its ``tokenizer.json`` used for the text when present) the LM is
+     that checkpoint and stage 0 is skipped by default;
    - stage 1 — the projector only (LM frozen; the encoder is always frozen) on image captions ("describe:");
    - stage 2 — projector + LM on mixed image and video QA (several turns per sample, loss on every answer).
      Every stage-2 batch draws its visual-token reduction from ``reductions`` (default: merged 112, pooled 112, all
@@ -21,9 +25,13 @@
    losses only on answer/caption bytes and EOS;
 3. saves the final model (``save_pretrained``) to ``out/model`` and evaluates it (:func:`evaluate_univi`): exact-match
    accuracy of greedy answers (normalized: lower case, no punctuation or extra spaces) on held-out scenes and clips,
-   by question type, per reduction (tokens per sample), against the majority answer per question type and the
-   text-only model; writes ``eval.json``, ``summary.txt`` and ``answers.png`` (held-out scenes with question,
-   predicted and true answer, plus the merge cluster map of one scene).
+   by question type, per reduction (tokens per sample: for a video, events × tokens per event — "merge:56" means 56
+   per event), against the majority answer per question type and the text-only model; writes ``eval.json``,
+   ``summary.txt``, ``accuracy.png`` (accuracy vs visual tokens) and ``answers.png`` (held-out scenes with
+   question, predicted and true answer, plus the merge cluster map of one scene).
+
+The projector standardizes the frozen features per channel with the training features' statistics
+(:class:`~vistok.models.univi.FeatureStandardizer`, set after caching).
 """
 
 from __future__ import annotations
@@ -91,6 +99,7 @@ class UniViTrainConfig:
     preset: str = "univi-tiny"
     encoder_path: str | None = None  # a MAGVIT-v2 tokenizer folder/preset (default: the shipped one)
     hf_encoder: str | None = None  # a local HF vision model folder instead of MAGVIT-v2 (its feature dim is used)
+    llm: str | None = None  # a local HF LlamaForCausalLM folder as the language model (its tokenizer.json if any)
     image_size: int = 128
     video_size: int = 64
     frames: int = 8
@@ -109,6 +118,10 @@ class UniViTrainConfig:
     warmup: int = 30
     turns: int = 4
     video_fraction: float = 0.35
+    # share of stage-0 sequences that are QA text (the rest: captions). QA text there teaches the LM the answers'
+    # priors before it sees any image, and the model then learns to ignore the image (was 0.75)
+    stage0_qa: float = 0.0
+    projector_lr_scale: float = 1.0  # stage 2: the projector's learning rate = this × lr2 (the LM's)
     reductions: tuple[str, ...] = ("merge", "pool", "all", "merge:56", "pool:56")
     eval_reductions: tuple[str, ...] = ("all", "merge", "pool", "merge:56", "pool:56")
     log_every: int = 20
@@ -126,6 +139,10 @@ class UniViTrainConfig:
         for name in ("steps0", "steps1", "steps2", "train_videos", "eval_images", "eval_videos"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.projector_lr_scale <= 0:
+            raise ValueError(f"projector_lr_scale must be > 0, got {self.projector_lr_scale}")
+        if not 0.0 <= self.stage0_qa <= 1.0:
+            raise ValueError(f"stage0_qa must be in [0, 1], got {self.stage0_qa}")
         if self.frames < 5:
             raise ValueError(f"frames must be >= 5 (the built-in clips need them), got {self.frames}")
         self.reductions, self.eval_reductions = tuple(self.reductions), tuple(self.eval_reductions)
@@ -256,7 +273,7 @@ class _Batches:
             qa = data["qa"][i]
             pick = rng.choice(len(qa), min(cfg.turns, len(qa)), replace=False)
             t = [tuple(qa[j]) for j in pick]
-            if self.stage == 0 and rng.random() < 0.25:
+            if self.stage == 0 and rng.random() >= cfg.stage0_qa:
                 t = [(CAPTION_PROMPT, data["caption"][i])]
             turns.append(t)
         if self.stage == 0:
@@ -318,6 +335,33 @@ def answer_questions(
     return answers, float(torch.cat(counts).mean()) if counts else 0.0
 
 
+def token_counts(model: UniVi, data: dict, reduction: str, num_tokens: int | None, tokens: float) -> dict[str, Any]:
+    """What a reduction's token count means for cached ``data``: ``tokens`` (the mean visual tokens per sample the
+    model received, over all events), ``events`` per sample (1 for images; None for a video's "all"),
+    ``tokens_per_event`` (``tokens`` / ``events``) and ``requested_per_event`` (the ``:N`` count, or the model's
+    stage total), so a video's "merge:56" reads as 56 per event × its events, not as 56 tokens."""
+    feats = data["features"][:1]
+    events = model.num_events(feats, reduction)
+    c = model.config
+    if reduction == "all":
+        requested = int(np.prod(feats.shape[1:-1]))  # every patch (of every frame)
+    else:
+        requested = num_tokens or sum(c.stages if feats.ndim == 3 else c.video_stages)
+    return {
+        "events": events,
+        "tokens_per_event": tokens / events if events else None,
+        "requested_per_event": requested,
+    }
+
+
+def _token_label(row: dict[str, Any]) -> str:
+    """ "112" for an image; "112 = 2×56" for a video's events (from :func:`token_counts` fields)."""
+    events = row.get("events")
+    if events and events > 1:
+        return f"{row['tokens']:.0f} = {events}×{row['tokens_per_event']:.0f}"
+    return f"{row['tokens']:.0f}"
+
+
 def majority_answers(train: Sequence[dict]) -> dict[str, str]:
     """The most frequent (normalized) answer of each question type in the training QA."""
     by = defaultdict(Counter)
@@ -338,7 +382,11 @@ def evaluate_univi(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Accuracy per held-out kind ("image", "video") and reduction, plus the majority and text-only baselines."""
+    """Accuracy per held-out kind ("image", "video") and reduction, plus the baselines: the majority answer per
+    question type; the same model with *another* held-out item's visual tokens ("shuffled image": merged, or the
+    first reduction when "merge" is not evaluated) — the control for whether the answers use the image, since a
+    model trained always with images meets the no-image input out of distribution; the same model with no visual
+    tokens; and the text-only LM."""
     model.eval()
     majority = majority_answers(list(train.values()))
     report: dict[str, Any] = {"majority_answers": majority, "kinds": {}}
@@ -351,11 +399,22 @@ def evaluate_univi(
             red, count = parse_reduction(spec)
             t0 = time.perf_counter()
             preds, tokens = answer_questions(model, data, qs, red, count)
-            rows[spec] = {"tokens": tokens, **_score([(q, p, a) for (_, q, a), p in zip(qs, preds)])}
+            rows[spec] = {"tokens": tokens, **token_counts(model, data, red, count, tokens)}
+            rows[spec] |= _score([(q, p, a) for (_, q, a), p in zip(qs, preds)])
             rows[spec]["seconds"] = time.perf_counter() - t0
             if progress:
-                print(f"  eval {kind} {spec}: {tokens:.0f} tokens, accuracy {rows[spec]['accuracy']:.3f}", flush=True)
+                acc = rows[spec]["accuracy"]
+                print(f"  eval {kind} {spec}: {_token_label(rows[spec])} tokens, accuracy {acc:.3f}", flush=True)
         rows["majority"] = {"tokens": 0, **_score([(q, majority.get(question_type(q), ""), a) for _, q, a in qs])}
+        if len(data["qa"]) > 1:  # the control for "uses the image": the same model, another item's visual tokens
+            shift = max(1, len(data["qa"]) // 2)
+            other = [((i + shift) % len(data["qa"]), q, a) for i, q, a in qs]
+            spec = "merge" if "merge" in reductions or not reductions else reductions[0]
+            red, count = parse_reduction(spec)
+            preds, tokens = answer_questions(model, data, other, red, count)
+            name = f"shuffled image ({spec})"
+            rows[name] = {"tokens": tokens, **token_counts(model, data, red, count, tokens)}
+            rows[name] |= _score([(q, p, a) for (_, q, a), p in zip(qs, preds)])
         preds, _ = answer_questions(model, data, qs, None)
         rows["no-image (final model)"] = {"tokens": 0, **_score([(q, p, a) for (_, q, a), p in zip(qs, preds)])}
         if text_only is not None:
@@ -370,13 +429,14 @@ def format_eval(report: dict[str, Any]) -> str:
     lines = []
     for kind, rows in report["kinds"].items():
         types = sorted({t for r in rows.values() for t in r["by_type"]})
-        head = f"{kind + ' (held out)':<26}{'tokens':>7}{'acc':>7}" + "".join(f"{t[:8]:>9}" for t in types)
+        head = f"{kind + ' (held out)':<26}{'tokens':>11}{'acc':>7}" + "".join(f"{t[:8]:>9}" for t in types)
         lines += [head, "-" * len(head)]
         for name, r in rows.items():
             cells = "".join(f"{r['by_type'][t]['accuracy']:>9.3f}" if t in r["by_type"] else f"{'-':>9}" for t in types)
-            lines.append(f"{name:<26}{r['tokens']:>7.0f}{r['accuracy']:>7.3f}{cells}")
+            lines.append(f"{name:<26}{_token_label(r):>11}{r['accuracy']:>7.3f}{cells}")
         n = next(iter(rows.values()))["n"]
-        lines.append(f"({n} questions; exact match of the normalized greedy answer)")
+        note = "; tokens = events × tokens per event, ':N' = N per event" if kind == "video" else ""
+        lines.append(f"({n} questions; exact match of the normalized greedy answer{note})")
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -398,6 +458,37 @@ def _cluster_map(model: UniVi, feats: Tensor, grid: tuple[int, int], image: np.n
     colours = np.random.default_rng(0).integers(40, 256, (int(a.max()) + 1, 3))
     paint = np.repeat(np.repeat(colours[a], ph, 0), pw, 1)
     return (0.55 * paint + 0.45 * image[: h * ph, : w * pw]).clip(0, 255).astype(np.uint8)
+
+
+def write_accuracy_png(report: dict[str, Any], path: Path) -> Path | None:
+    """Accuracy vs the visual tokens each sample gave the model (a video's: events × tokens per event), one line per
+    kind and reduction family, with the shuffled-image, no-image and majority baselines dashed (None without
+    matplotlib)."""
+    from vistok.eval.pictures import try_line_plot
+
+    series, hlines = {}, {}
+    for kind, rows in report["kinds"].items():
+        for family in REDUCTIONS:
+            pts = sorted(
+                (r["tokens"], r["accuracy"])
+                for spec, r in rows.items()
+                if spec.partition(":")[0] == family and r.get("accuracy") is not None
+            )
+            if pts:
+                series[f"{kind} {family}"] = ([x for x, _ in pts], [y for _, y in pts])
+        for base, r in rows.items():
+            if base.split(" (")[0] in ("no-image", "majority", "shuffled image") and r["accuracy"] is not None:
+                hlines[f"{kind} {base.split(' (')[0]}"] = r["accuracy"]
+    if not series:
+        return None
+    return try_line_plot(
+        series,
+        path,
+        title="answer accuracy vs visual tokens",
+        xlabel="visual tokens per sample (video: events × tokens per event)",
+        ylabel="exact-match accuracy",
+        hlines=hlines,
+    )
 
 
 def write_answers_png(
@@ -444,9 +535,11 @@ def write_answers_png(
 
 
 def _build_model(config: UniViTrainConfig) -> UniVi:
+    """The preset's UniVi with the encoder and language model the config names (``llm``: a local HF LLaMA)."""
     from vistok.registry import create_model
 
     overrides: dict[str, Any] = {}
+    enc = None
     if config.encoder_path:
         overrides["encoder_path"] = config.encoder_path
     if config.hf_encoder:
@@ -455,12 +548,13 @@ def _build_model(config: UniViTrainConfig) -> UniVi:
         enc = HFPatchEncoder(config.hf_encoder)
         dim = int(enc(torch.zeros(1, 3, 32, 32)).tokens.shape[-1])
         overrides |= {"encoder": "hf", "encoder_path": config.hf_encoder, "feature_dim": dim}
-        model = create_model(config.preset, **overrides)
-        model.set_encoder(enc)
-        return model
     model = create_model(config.preset, **overrides)
     if not isinstance(model, UniVi):
         raise ValueError(f"preset {config.preset!r} is not a UniVi model (try univi-tiny)")
+    if config.llm:
+        model = UniVi.from_llm(config.llm, model.config)
+    if enc is not None:
+        model.set_encoder(enc)
     return model
 
 
@@ -474,6 +568,26 @@ def fit_stages(model: UniVi, image_grid: Sequence[int], video_grid: Sequence[int
     n = int(video_grid[0]) * int(video_grid[1])
     if n and sum(c.video_stages) > n * 7 // 8:
         c.video_stages = scaled_stages(c.video_stages, max(len(c.video_stages), n * 7 // 8))
+
+
+def set_feature_stats(model: UniVi, data: Sequence[dict]) -> None:
+    """Give the projector's feature standardizer the per-channel statistics of every cached training patch."""
+    from vistok.models.univi import FeatureStandardizer
+
+    norm = model.projector.norm
+    feats = [d["features"].reshape(-1, d["features"].shape[-1]) for d in data if d["features"].numel()]
+    if isinstance(norm, FeatureStandardizer) and feats:
+        norm.set_stats(torch.cat(feats).float())
+
+
+def stage_optimizer(
+    model: UniVi, lr: float, projector_lr_scale: float = 1.0, betas=(0.9, 0.95), weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters: the LM's at ``lr``, the projector's at ``projector_lr_scale`` × ``lr``."""
+    lm = [p for p in model.lm.parameters() if p.requires_grad]
+    proj = [p for p in model.projector.parameters() if p.requires_grad]
+    groups = [{"params": g, "lr": lr * k} for g, k in ((lm, 1.0), (proj, projector_lr_scale)) if g]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
 def _run_stage(model: UniVi, stage: int, steps: int, lr: float, data: _Batches, config: UniViTrainConfig) -> str:
@@ -497,7 +611,9 @@ def _run_stage(model: UniVi, stage: int, steps: int, lr: float, data: _Batches, 
         clip_grad=1.0,
     )
     run = {"stage": stage, "model": asdict(model.config)}
-    result = Trainer(model, None, univi_loss, data, tc, run_config=run).fit()
+    scale = config.projector_lr_scale if stage == 2 else 1.0
+    optimizer = stage_optimizer(model, lr, scale, tc.betas, tc.weight_decay)
+    result = Trainer(model, optimizer, univi_loss, data, tc, run_config=run).fit()
     model.requires_grad_(True)
     return f"stage {stage}: {result.summary}"
 
@@ -522,6 +638,7 @@ def train_univi(config: UniViTrainConfig) -> UniViTrainResult:
     train = {k: cache[k, "train"] for k in ("image", "video") if cache[k, "train"]["qa"]}
     held = {k: cache[k, "heldout"] for k in ("image", "video") if cache[k, "heldout"]["qa"]}
     fit_stages(model, cache["image", "train"]["grid"], cache["video", "train"]["grid"])
+    set_feature_stats(model, list(train.values()))
     lines = []
     lines.append(
         _run_stage(model, 0, config.steps0, config.lr, _Batches(0, train["image"], train.get("video"), config), config)
@@ -545,6 +662,7 @@ def train_univi(config: UniViTrainConfig) -> UniViTrainResult:
     report["stages"] = lines
     (out / "eval.json").write_text(json.dumps(report, indent=1))
     png = write_answers_png(model, held, config, out / "answers.png") if "image" in held else None
+    plot = write_accuracy_png(report, out / "accuracy.png")
     table = format_eval(report)
     elapsed = time.perf_counter() - t0
     summary = (
@@ -553,6 +671,7 @@ def train_univi(config: UniViTrainConfig) -> UniViTrainResult:
         + table
         + f"\n\nWrote the model to {model_dir}, eval.json"
         + (f", {png.name}" if png else "")
+        + (f", {plot.name}" if plot else "")
         + f" and summary.txt to {out}; cached features in {fdir}. Total {elapsed / 60:.1f} min."
     )
     (out / "summary.txt").write_text(summary + "\n")
@@ -605,6 +724,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         preset=args.preset,
         encoder_path=args.tokenizer,
         hf_encoder=args.hf_encoder,
+        llm=args.llm,
         image_size=args.image_size,
         video_size=args.video_size,
         frames=args.frames,
@@ -613,7 +733,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         eval_images=args.eval_images,
         eval_videos=args.eval_videos,
         eval_questions=args.eval_questions,
-        steps0=args.steps0 if args.steps0 is not None else max(1, steps // 4),
+        steps0=args.steps0 if args.steps0 is not None else (0 if args.llm else max(1, steps // 4)),
         steps1=args.steps1 if args.steps1 is not None else max(1, steps // 5),
         steps2=steps,
         batch_size=args.batch_size,
@@ -621,6 +741,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr2=args.lr / 2,
         lr1=args.lr,
         turns=args.turns,
+        stage0_qa=args.stage0_qa,
+        projector_lr_scale=args.projector_lr_scale,
         reductions=_csv(args.reductions),
         eval_reductions=_csv(args.eval_reductions),
         log_every=args.log_every,
@@ -660,12 +782,31 @@ def add_univi_parser(subparsers: Any) -> None:
     p.add_argument("--preset", default="univi-tiny", help="model preset (univi-tiny, univi-small)")
     p.add_argument("--tokenizer", default=None, help="MAGVIT-v2 tokenizer folder/preset (default: the shipped one)")
     p.add_argument("--hf-encoder", default=None, help="a local HF CLIP/SigLIP/DINOv2 folder instead of MAGVIT-v2")
+    p.add_argument(
+        "--llm",
+        default=None,
+        metavar="DIR",
+        help="a local Hugging Face LlamaForCausalLM folder as the language model (frozen in stage 1, trained in "
+        "stage 2; its tokenizer.json is used when present, else bytes); stage 0 is skipped unless --steps0 is given",
+    )
     p.add_argument("--steps", type=int, default=600, help="stage-2 steps (default 600)")
-    p.add_argument("--steps0", type=int, default=None, help="stage-0 LM steps (default steps/4)")
+    p.add_argument("--steps0", type=int, default=None, help="stage-0 LM steps (default steps/4; 0 with --llm)")
     p.add_argument("--steps1", type=int, default=None, help="stage-1 projector steps (default steps/5)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3, help="stage 0/1 learning rate; stage 2 uses half")
     p.add_argument("--turns", type=int, default=4, help="QA turns per training sequence (default 4)")
+    p.add_argument(
+        "--stage0-qa",
+        type=float,
+        default=0.0,
+        help="share of stage-0 (text-only LM) sequences that are QA rather than captions (default 0: captions only)",
+    )
+    p.add_argument(
+        "--projector-lr-scale",
+        type=float,
+        default=1.0,
+        help="stage-2 projector learning rate as a multiple of the LM's (default 1)",
+    )
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--video-size", type=int, default=64)
     p.add_argument("--frames", type=int, default=8)
