@@ -753,6 +753,7 @@ def stage_univi(ctx: StageContext) -> StageResult:
         steps0=s0,
         steps1=s1,
         steps2=s2,
+        projector_lr_scale=5.0,
         log_every=max(1, s2 // 10),
         ckpt_every=max(1, max(s0, s1, s2)),
         seed=ctx.seed,
@@ -777,6 +778,7 @@ def stage_univi(ctx: StageContext) -> StageResult:
     except Exception as e:  # the pictures are a bonus; the numbers above stand without them
         res.notes.append(f"cluster pictures not drawn: {type(e).__name__}: {e}")
     _picture(ctx, ctx.out / "answers.png", "held-out scenes with questions, the model's answers and the truth", res)
+    _picture(ctx, ctx.out / "accuracy.png", "answer accuracy against the number of visual tokens", res)
     for stage in (0, 1, 2):
         loss = _loss_curve(ctx.out / f"stage{stage}" / "metrics.jsonl")
         if loss:
@@ -789,45 +791,44 @@ def stage_univi(ctx: StageContext) -> StageResult:
     return res
 
 
+_UNIVI_BASELINES = {
+    "shuffled image (merge)": "another item's image (merged)",
+    "no-image (final model)": "same model without the image",
+    "majority": "majority answer per question type",
+}
+
+
 def _univi_metrics(rep: Mapping[str, Any], res: StageResult) -> None:
-    """Accuracy per token budget vs the no-image model and the majority answer, from ``train_univi``'s report."""
+    """Accuracy per token budget vs the shuffled-image control, no image and the majority answer (``train_univi``)."""
     heads = []
     for kind, rows in (rep.get("kinds") or {}).items():
-        base = {}
-        for key, label in (
-            ("no-image (final model)", "same model without the image"),
-            ("majority", "majority answer per question type"),
-        ):
-            if isinstance(rows.get(key), Mapping) and rows[key].get("accuracy") is not None:
-                base[label] = float(rows[key]["accuracy"])
+        base = {
+            label: float(rows[key]["accuracy"])
+            for key, label in _UNIVI_BASELINES.items()
+            if isinstance(rows.get(key), Mapping) and rows[key].get("accuracy") is not None
+        }
         for name, row in rows.items():
-            if name in ("majority", "no-image (final model)", "text-only LM (stage 0)") or not isinstance(row, Mapping):
+            if name in _UNIVI_BASELINES or name.startswith("text-only") or not isinstance(row, Mapping):
                 continue
             if row.get("accuracy") is None:
                 continue
             events = row.get("events")
-            tokens = f"{row['tokens']:.0f}" + (
-                f" = {events}×{row['tokens_per_event']:.0f}" if events and events > 1 else ""
-            )
+            per_event = f" = {events}×{row['tokens_per_event']:.0f}" if events and events > 1 else ""
             res.metrics.append(
                 Metric(
-                    f"{kind}s: answer accuracy, {name} ({tokens} visual tokens)",
+                    f"{kind}s: answer accuracy, {name} ({row['tokens']:.0f}{per_event} visual tokens)",
                     float(row["accuracy"]),
                     dict(base),
-                    note=f"{row.get('n', '?')} questions",
+                    note=f"{row.get('n', '?')} held-out questions",
                 )
             )
         acc = {n: r["accuracy"] for n, r in rows.items() if n in ("all", "merge", "pool") and isinstance(r, Mapping)}
         if acc:
+            shuffled = base.get(_UNIVI_BASELINES["shuffled image (merge)"])
             heads.append(
-                f"{kind}s: "
-                + ", ".join(f"{n} {v:.2f}" for n, v in acc.items())
-                + (
-                    f" (no image {base['same model without the image']:.2f})"
-                    if "same model without the image" in base
-                    else ""
-                )
-            )
+                f"{kind}s: " + ", ".join(f"{n} {v:.2f}" for n, v in acc.items())
+                + (f" (another item's image {shuffled:.2f})" if shuffled is not None else "")
+            )  # fmt: skip
     res.headline = "answer accuracy — " + "; ".join(heads) if heads else ""
 
 
