@@ -72,6 +72,63 @@ def test_generate_and_caption(run_dir, main, tmp_path, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
 
 
+def test_f4_vae_with_patch_size_and_model_args(main, tmp_path):
+    """An f = 4 VAE (16×16 latents at 64 px), 4×4 patches and a config override reach the saved model and run."""
+    out = tmp_path / "f4"
+    args = ["--vae", "vae-tiny-f4", "--patch-size", "4", "--model-arg", "dim=32", "--model-arg", "diffusion_weight=2"]
+    assert main(["transfusion", "train", *args, "--out", str(out), *TINY]) == 0
+    record = json.loads((out / "model" / "run.json").read_text())
+    assert record["latent_shape"] == [8, 16, 16]
+    assert record["config"]["patch_size"] == 4 and record["config"]["model_args"] == {"dim": 32, "diffusion_weight": 2}
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert (config["patch_size"], config["dim"], config["latent_channels"], config["diffusion_weight"]) == (4, 32, 8, 2)
+    gen = tmp_path / "gen.png"
+    rc = main(["transfusion", "generate", "--model", str(out / "model"), "--prompt", "a red circle", "--n", "1",
+               "--steps", "2", "--out", str(gen)])  # fmt: skip
+    assert rc == 0 and gen.is_file()
+
+
+def test_channel_latent_norm(main, tmp_path, capsys):
+    """--latent-norm channel standardizes every latent channel of the training latents, and the run's VAE copy
+    carries the statistics (so generation and captioning decode and encode the same way); a rerun reuses them."""
+    from vistok.hub import from_pretrained
+
+    out = tmp_path / "ch"
+    cmd = ["transfusion", "train", "--vae", "vae-tiny-f4", "--latent-norm", "channel", "--out", str(out), *TINY]
+    assert main(cmd) == 0
+    latents = torch.load(out / "latents.pt", weights_only=False)["latents"]
+    flat = latents.transpose(0, 1).flatten(1).double()
+    assert flat.mean(1).abs().max() < 1e-3 and (flat.std(1) - 1).abs().max() < 0.05
+    record = json.loads((out / "model" / "run.json").read_text())
+    assert record["vae"]["latent_norm"] == "channel" and len(record["vae"]["channel_scale"]) == 8
+    vae = from_pretrained(out / "model" / "vae")
+    assert list(vae.config.channel_scale) == record["vae"]["channel_scale"]
+    scenes = Scenes(64, 8, "train", seed=0, objects=(1, 4))
+    with torch.no_grad():
+        again = vae.encode(torch.stack([scenes[i]["pixels"] for i in range(8)]))
+    torch.testing.assert_close(again, latents, rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    assert main(cmd) == 0 and "reused" in capsys.readouterr().out
+    again_record = json.loads((out / "model" / "run.json").read_text())
+    assert again_record["vae"]["channel_scale"] == record["vae"]["channel_scale"]
+
+
+def test_bad_model_args():
+    from vistok.train.transfusion_cli import TransfusionRunConfig
+
+    with pytest.raises(ValueError, match="patch_size"):
+        TransfusionRunConfig(patch_size=3)
+    with pytest.raises(ValueError, match="latent_channels"):
+        TransfusionRunConfig(model_args={"latent_channels": 4})
+    with pytest.raises(ValueError, match="latent_norm"):
+        TransfusionRunConfig(latent_norm="pixel")
+    assert TransfusionRunConfig(patch_size=4, model_args={"dim": 32}).model_overrides(8) == {
+        "latent_channels": 8,
+        "patch_size": 4,
+        "dim": 32,
+    }
+
+
 def test_bad_inputs(run_dir, main, tmp_path, capsys):
     missing = tmp_path / "nothing" / "model"
     assert main(["transfusion", "generate", "--model", str(missing), "--prompt", "a red circle"]) == 2

@@ -23,7 +23,12 @@
 - **Diffusion scaling**: ``encode`` returns ``(z − shift_factor) · scaling_factor`` and ``decode`` undoes it, so a
   diffusion model sees latents of about unit variance (LDM's ``scale_factor``; SD3/FLUX add a shift). Both live in
   the config (saved in ``config.json``); :meth:`KLVAE.fit_latent_scaling` computes them from data (the tokenizer
-  trainer does so before writing its final model). ``normalize=False`` gives the raw latents.
+  trainer does so before writing its final model). ``normalize=False`` gives the raw latents. Optionally, per latent
+  channel c, ``channel_shift``/``channel_scale`` standardize each channel on top of that: ``encode`` returns
+  ``((z − shift_factor)·scaling_factor − channel_shift[c])·channel_scale[c]`` (``fit_latent_scaling(...,
+  per_channel=True)``). A small VAE's channels can have very different means and spreads (vae-tiny-f4 on the
+  captioned scenes: means −1 … 1.7 and spreads 0.1 … 0.75 after the one global scale), so one scale leaves most of
+  the diffusion model's unit variance in constant offsets and buries the small-spread channels under the noise.
 
 Conventions (those of :mod:`vistok.tokenizers.vqgan`): pixels are floats in [−1, 1]; images ``(B, 3, H, W)`` →
 latents ``(B, C, H/f, W/f)``; a video ``(B, 3, T, H, W)`` is encoded **frame by frame** → ``(B, C, T, H/f, W/f)``.
@@ -277,7 +282,9 @@ class VAEConfig(PresetMixin):
     ``attn_levels``: 0-based levels with self-attention after every ResNet block (the mid block always has it).
     ``latent_channels``: C of the latent (mean, log-variance and z each have C channels).
     ``scaling_factor`` / ``shift_factor``: ``encode`` returns ``(z − shift) · scale`` (set by
-    :meth:`KLVAE.fit_latent_scaling`; 1 and 0 leave latents raw).
+    :meth:`KLVAE.fit_latent_scaling`; 1 and 0 leave latents raw). ``channel_shift`` / ``channel_scale`` (one value
+    per latent channel, or None): a per-channel standardization applied after that (``fit_latent_scaling(...,
+    per_channel=True)``).
     """
 
     in_channels: int = 3
@@ -289,6 +296,8 @@ class VAEConfig(PresetMixin):
     norm_groups: int = 32
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
+    channel_shift: tuple[float, ...] | None = None
+    channel_scale: tuple[float, ...] | None = None
     spatial_factor: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -311,7 +320,31 @@ class VAEConfig(PresetMixin):
                 f"scaling_factor must be finite and > 0 and shift_factor finite, got {self.scaling_factor}, "
                 f"{self.shift_factor}"
             )
+        if (self.channel_shift is None) != (self.channel_scale is None):
+            raise ValueError("channel_shift and channel_scale must be given together (or both None)")
+        if self.channel_shift is not None:
+            self.channel_shift = tuple(float(v) for v in self.channel_shift)
+            self.channel_scale = tuple(float(v) for v in self.channel_scale)
+            c = self.latent_channels
+            if len(self.channel_shift) != c or len(self.channel_scale) != c:
+                raise ValueError(
+                    f"channel_shift and channel_scale need {c} values (one per latent channel), got "
+                    f"{len(self.channel_shift)} and {len(self.channel_scale)}"
+                )
+            if not all(math.isfinite(v) for v in self.channel_shift) or not all(
+                math.isfinite(v) and v > 0 for v in self.channel_scale
+            ):
+                raise ValueError(
+                    f"channel_shift must be finite and channel_scale finite and > 0, got {self.channel_shift}, "
+                    f"{self.channel_scale}"
+                )
         self.spatial_factor = 2 ** (levels - 1)
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(channel_shift, channel_scale), or zeros and ones when unset."""
+        if self.channel_shift is None or self.channel_scale is None:
+            return (0.0,) * self.latent_channels, (1.0,) * self.latent_channels
+        return self.channel_shift, self.channel_scale
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -407,12 +440,26 @@ class KLVAE(nn.Module, PretrainedMixin):
         post = self._posterior(frames)
         return post if batch is None else DiagonalGaussian(_unframes(post.mean, batch), _unframes(post.logvar, batch))
 
+    def _channel_stats(self, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(shift, scale) shaped to broadcast over latents (B, C, ...) like ``z``, or None without channel stats."""
+        cfg = self.config
+        if cfg.channel_shift is None:
+            return None
+        shape = (1, -1, *([1] * (z.ndim - 2)))
+        shift, scale = (torch.tensor(v, dtype=z.dtype, device=z.device).view(shape) for v in cfg.channel_stats())
+        return shift, scale
+
     def normalize(self, z: Tensor) -> Tensor:
-        """Raw latents → diffusion latents: ``(z − shift_factor) · scaling_factor``."""
-        return (z - self.config.shift_factor) * self.config.scaling_factor
+        """Raw latents → diffusion latents: ``(z − shift_factor) · scaling_factor``, then per channel
+        ``(· − channel_shift) · channel_scale`` when set."""
+        z = (z - self.config.shift_factor) * self.config.scaling_factor
+        stats = self._channel_stats(z)
+        return z if stats is None else (z - stats[0]) * stats[1]
 
     def denormalize(self, z: Tensor) -> Tensor:
         """Diffusion latents → raw latents (inverse of :meth:`normalize`)."""
+        stats = self._channel_stats(z)
+        z = z if stats is None else z / stats[1] + stats[0]
         return z / self.config.scaling_factor + self.config.shift_factor
 
     def encode(
@@ -481,28 +528,45 @@ class KLVAE(nn.Module, PretrainedMixin):
 
     @torch.no_grad()
     def fit_latent_scaling(
-        self, batches: Iterable[Tensor], center: bool = True, pad: bool = False
+        self, batches: Iterable[Tensor], center: bool = True, pad: bool = False, per_channel: bool = False
     ) -> tuple[float, float]:
         """Set ``config.scaling_factor`` (and ``shift_factor``) so that encoded latents have unit variance (and zero
         mean) over the pixels in ``batches`` (tensors as :meth:`encode` takes them), using the posterior mean.
 
         ``center=False`` keeps the shift at 0 and uses the root mean square (LDM's scale factor, 1/std of z, is the
-        same up to the data's mean). Returns ``(scaling_factor, shift_factor)``.
+        same up to the data's mean). ``per_channel=True`` also standardizes every latent channel on its own
+        (``channel_shift`` = its mean after the global scaling, or 0 with ``center=False``; ``channel_scale`` = 1 / its
+        standard deviation or root mean square); otherwise any channel statistics are cleared. Returns
+        ``(scaling_factor, shift_factor)``.
         """
-        total, total_sq, count = 0.0, 0.0, 0
+        c = self.latent_channels
+        total = torch.zeros(c, dtype=torch.float64)
+        total_sq = torch.zeros(c, dtype=torch.float64)
+        count = 0
         for x in batches:
-            z = self.posterior(x, pad=pad).mean.double()
-            total += float(z.sum())
-            total_sq += float(z.pow(2).sum())
-            count += z.numel()
+            z = self.posterior(x, pad=pad).mean.double().transpose(0, 1).reshape(c, -1).cpu()
+            total += z.sum(1)
+            total_sq += z.pow(2).sum(1)
+            count += z.shape[1]
         if count == 0:
             raise ValueError("fit_latent_scaling needs at least one batch of pixels")
-        mean = total / count if center else 0.0
-        var = max(total_sq / count - mean * mean, 0.0)
+        mean = float(total.sum()) / (count * c) if center else 0.0
+        var = max(float(total_sq.sum()) / (count * c) - mean * mean, 0.0)
         if not math.isfinite(var) or var <= 1e-20:
             raise ValueError(f"latents have no spread (variance {var}); cannot set a scaling factor")
-        self.config.scaling_factor, self.config.shift_factor = 1.0 / math.sqrt(var), mean
-        return self.config.scaling_factor, self.config.shift_factor
+        cfg = self.config
+        cfg.scaling_factor, cfg.shift_factor = 1.0 / math.sqrt(var), mean
+        cfg.channel_shift = cfg.channel_scale = None
+        if per_channel:
+            ch_mean = total / count if center else torch.zeros(c, dtype=torch.float64)
+            ch_var = (total_sq / count - ch_mean.pow(2)).clamp(min=0.0)
+            if not bool(torch.isfinite(ch_var).all()) or float(ch_var.min()) <= 1e-20:
+                raise ValueError(f"a latent channel has no spread (variances {ch_var.tolist()})")
+            # after the global step a channel's mean is (m_c − shift)·scale and its spread σ_c·scale
+            s = cfg.scaling_factor
+            cfg.channel_shift = tuple(float((m - mean) * s) for m in ch_mean)
+            cfg.channel_scale = tuple(float(1.0 / (math.sqrt(v) * s)) for v in ch_var)
+        return cfg.scaling_factor, cfg.shift_factor
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -512,6 +576,10 @@ class KLVAE(nn.Module, PretrainedMixin):
 PRESETS: dict[str, VAEConfig] = {
     # f = 8, 8 latent channels like Transfusion's, narrow: 64² → 8×8×8; trains on a CPU in minutes at 64 px.
     "vae-tiny": VAEConfig(base_channels=32, channel_multipliers=(1, 2, 2, 4), num_res_blocks=1, norm_groups=8),
+    # f = 4 for small pictures whose details are a few pixels across (the 64² captioned scenes: shapes about 12 px
+    # wide cover under 2×2 latent cells at f = 8): 64² → 16×16×8 (a 2×2-patch Transfusion sees 64 patches per
+    # picture, a 4×4-patch one 16). Half vae-tiny's width (0.7 M parameters): about 3× faster per step on a CPU.
+    "vae-tiny-f4": VAEConfig(base_channels=16, channel_multipliers=(1, 2, 4), num_res_blocks=1, norm_groups=8),
     # Transfusion's VAE shape (8× down, 8 channels, 256² → 32×32×8) in LDM's f8 architecture (ch 128, mult
     # (1, 2, 4, 4), 2 res blocks, attention only in the mid block): about 84 M parameters.
     "vae-f8c8": VAEConfig(),

@@ -13,7 +13,8 @@ VAEOutput(recon, latents, kl, metrics)``): the same losses with the KL term in p
 2. **Generator** (tokenizer) update, Adam(β = (0, 0.99)):
        L_G = w_rec·L1(x̂, x) + w_p·LPIPS(x̂, x) + L_quant + [s ≥ disc_start]·w_gan·λ·L_adv(D(x̂)),
    w_rec = 5 (the paper's reconstruction weight; L1 by default — sharper than L2 under a GAN, as in VQGAN-style
-   recipes — ``recon_loss="l2"`` for MSE), w_p = 0.1 (only when LPIPS weights are given: they are never downloaded),
+   recipes — ``recon_loss="l2"`` for MSE; ``recon_focus`` > 0 weights it towards pixels unlike the picture's
+   background, see :func:`focus_weights`), w_p = 0.1 (only when LPIPS weights are given: they are never downloaded),
    L_quant the quantizer's own weighted loss (LFQ: commitment 0.25 + entropy 0.1, annealed inside the quantizer by
    its own forward counter), w_gan = 0.1, λ = 1 or VQGAN's adaptive weight (``adaptive_gan_weight``). For a VAE,
    L_quant is replaced by ``kl_weight``·KL/(C·H·W): KL in nats per picture (summed over its latent), per pixel value
@@ -164,6 +165,7 @@ class TokenizerTrainConfig:
     # losses
     recon_loss: str = "l1"
     recon_weight: float = 5.0
+    recon_focus: float = 0.0
     kl_weight: float = 1e-6
     latent_stats_items: int = 64
     perceptual_weight: float = 0.1
@@ -219,6 +221,8 @@ class TokenizerTrainConfig:
                 raise ValueError(f"TokenizerTrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.kl_weight >= 0:
             raise ValueError(f"TokenizerTrainConfig.kl_weight must be >= 0, got {self.kl_weight}")
+        if not (self.recon_focus >= 0 and math.isfinite(self.recon_focus)):
+            raise ValueError(f"TokenizerTrainConfig.recon_focus must be finite and >= 0, got {self.recon_focus}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 
@@ -335,9 +339,33 @@ def psnr(recon: Tensor, target: Tensor) -> Tensor:
     return (-10 * torch.log10(err.clamp_min(1e-10))).mean()
 
 
-def _recon_loss(kind: str, recon: Tensor, target: Tensor) -> Tensor:
+def focus_weights(target: Tensor, focus: float) -> Tensor:
+    """Per-pixel reconstruction weights (B, 1, ...) ``1 + focus · d``: d is a pixel's mean absolute difference over
+    channels from its picture's (per frame) median colour, in [0, 2] for pixels in [−1, 1] — large on small objects
+    that stand out from a plain background, near 0 on the background itself.
+
+    A plain per-pixel L1 on pictures of a few small objects is dominated by the background, and its minimizer (the
+    per-pixel median) drops an object wherever the decoder is unsure it is there: such a tokenizer learns the layout
+    long before it learns the objects' colours (vae-tiny on the 64² captioned scenes: the colour probe read 0 of the
+    reconstructions after 800 steps). ``focus`` = 0 gives weights of exactly 1."""
+    x = target.detach().float()
+    frames = x.transpose(1, 2).flatten(0, 1) if x.ndim == 5 else x  # (N, C, H, W)
+    median = frames.flatten(2).median(dim=-1).values[..., None, None]
+    d = (frames - median).abs().mean(1, keepdim=True)
+    if x.ndim == 5:
+        d = d.unflatten(0, (x.shape[0], x.shape[2])).transpose(1, 2)
+    return 1.0 + focus * d
+
+
+def _recon_loss(kind: str, recon: Tensor, target: Tensor, focus: float = 0.0) -> Tensor:
+    """Mean L1 or L2 per pixel value; with ``focus`` > 0 a weighted mean (weights :func:`focus_weights`, normalized
+    to average 1 over the batch, so the loss keeps its scale)."""
     diff = recon.float() - target.float()
-    return diff.abs().mean() if kind == "l1" else diff.pow(2).mean()
+    err = diff.abs() if kind == "l1" else diff.pow(2)
+    if focus <= 0:
+        return err.mean()
+    w = focus_weights(target, focus)
+    return (err * w).mean() / w.mean()
 
 
 def _check_sizes(model: nn.Module, config: TokenizerTrainConfig, kinds: list[str]) -> None:
@@ -528,7 +556,7 @@ class TokenizerTrainer:
         cfg = self.config
         with self._autocast():
             out = self.g(x)
-            rec = _recon_loss(cfg.recon_loss, out.recon, x)
+            rec = _recon_loss(cfg.recon_loss, out.recon, x, cfg.recon_focus)
             nll = cfg.recon_weight * rec
             metrics = {"rec_loss": rec.detach()}
             if self.perceptual is not None:
@@ -910,6 +938,17 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.kl_weight,
         help=f"VAE presets (vae-*): weight of the KL term, per pixel value (default {d.kl_weight:g}, as in LDM)",
     )
+    p.add_argument(
+        "--recon-loss", choices=RECON_LOSSES, default=d.recon_loss, help=f"reconstruction loss (default {d.recon_loss})"
+    )
+    p.add_argument(
+        "--recon-focus",
+        type=float,
+        default=d.recon_focus,
+        metavar="F",
+        help="weight the reconstruction loss by 1 + F·(a pixel's distance to its picture's median colour): small "
+        "objects on a plain background (the captioned scenes) keep their colours; 0 = plain loss (default)",
+    )
     p.add_argument("--adaptive-gan-weight", action="store_true", help="VQGAN's adaptive adversarial weight")
     p.add_argument(
         "--perceptual-weights",
@@ -964,6 +1003,8 @@ def config_from_args(args: argparse.Namespace) -> TokenizerTrainConfig:
         disc_channels=args.disc_channels,
         gan_loss=args.gan_loss,
         kl_weight=args.kl_weight,
+        recon_loss=args.recon_loss,
+        recon_focus=args.recon_focus,
         adaptive_gan_weight=args.adaptive_gan_weight,
         perceptual_weights=args.perceptual_weights,
         out_dir=args.out,
