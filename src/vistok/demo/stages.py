@@ -84,8 +84,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     "default": {
-        "tokenizer": {"items": 16, "show": 6},
-        "lvm": {"val": 16, "unigram": 96, "eval": 6, "steps": 0},
+        "tokenizer": {"items": 8, "show": 6},
+        "lvm": {"val": 12, "unigram": 48, "eval": 6, "steps": 0},
         "maskgit": {"train": 1024, "heldout": 64, "steps": 150, "batch": 32, "n": 4, "decode_steps": 12},
         "transfusion": {
             "scenes": 600,
@@ -97,24 +97,24 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "eval_steps": 20,
         },
         "univi": {
-            "images": 300,
-            "videos": 80,
-            "eval_images": 32,
-            "eval_videos": 16,
-            "steps": (60, 40, 120),
+            "images": 200,
+            "videos": 48,
+            "eval_images": 24,
+            "eval_videos": 12,
+            "steps": (30, 30, 90),
             "questions": 4,
         },
         "digit": {
-            "ssl_steps": 60,
-            "k": 64,
-            "fit": 400,
-            "probe": 200,
-            "train": 400,
-            "val": 64,
-            "gpt_steps": 120,
-            "decoder_steps": 80,
+            "ssl_steps": 30,
+            "k": 1024,
+            "fit": 256,
+            "probe": 128,
+            "train": 256,
+            "val": 32,
+            "gpt_steps": 60,
+            "decoder_steps": 40,
             "n": 8,
-            "fd": 64,
+            "fd": 32,
         },
     },
     "full": {
@@ -132,12 +132,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         },
         "maskgit": {"train": 4096, "heldout": 256, "steps": 2000, "batch": 32, "n": 8, "decode_steps": 12},
         "transfusion": {
-            "scenes": 2000,
-            "val": 64,
-            "vae_steps": 1500,
-            "steps": 3000,
+            "scenes": 1500,
+            "val": 128,
+            "vae_steps": 1200,
+            "steps": 6000,
             "batch": 16,
-            "eval": 16,
+            "eval": 48,
             "eval_steps": 25,
         },
         "univi": {
@@ -581,12 +581,13 @@ def stage_transfusion(ctx: StageContext) -> StageResult:
             _save(scenes[i]["pixels"], scene_dir / f"scene_{i:05d}.png")
         (scene_dir / "done").write_text(str(len(scenes)))
     vc = TokenizerTrainConfig(
-        preset="vae-tiny",
+        preset="vae-tiny-f4",
         data=str(scene_dir),
         image_size=64,
         batch_size=8,
         steps=p["vae_steps"],
-        lr=1e-3,
+        lr=2e-3,
+        recon_focus=16.0,
         warmup=max(1, p["vae_steps"] // 10),
         kl_weight=1e-6,
         perceptual_weight=0.0,
@@ -615,6 +616,8 @@ def stage_transfusion(ctx: StageContext) -> StageResult:
         ckpt_every=max(1, p["steps"] // 2),
         eval_items=p["eval"],
         eval_steps=p["eval_steps"],
+        guidance=5.0,
+        model_args={"objective": "flow"},
         seed=ctx.seed,
         progress=ctx.progress,
     )
@@ -624,8 +627,9 @@ def stage_transfusion(ctx: StageContext) -> StageResult:
         "transfusion",
         "Transfusion: one transformer for text and images",
         what=(
-            "A tiny KL-VAE is trained on the spot on scenes of coloured shapes; transfusion-tiny then learns, in one "
-            "transformer, next-byte prediction on the captions and diffusion on the VAE's latent patches (causal "
+            "A tiny KL-VAE (4× downsampling, a loss that weights the shapes over the background) is trained on the "
+            "spot on scenes of coloured shapes; transfusion-tiny then learns, in one transformer, next-byte prediction "
+            "on the captions and flow matching on the VAE's latent patches (causal "
             "attention, bidirectional inside each image). Held-out scenes: caption them (image → text) and draw "
             "their captions (text → image, checked by a colour probe)."
         ),
@@ -682,8 +686,10 @@ def stage_transfusion(ctx: StageContext) -> StageResult:
         )
     res.commands = [
         "vistok data scenes scenes/ --n 2000 --size 64 --clips 0   # or use any folder of images",
-        "vistok tokenizer train --preset vae-tiny --data scenes/scenes --image-size 64 --steps 3000 --out runs/vae",
-        "vistok transfusion train --vae runs/vae/final --scenes 2000 --steps 3000 --out runs/transfusion",
+        "vistok tokenizer train --preset vae-tiny-f4 --data scenes/scenes --image-size 64 --steps 1200 --lr 2e-3 "
+        "--warmup 50 --recon-focus 16 --out runs/vae-f4",
+        "vistok transfusion train --vae runs/vae-f4/final --model-arg objective=flow --scenes 1500 --max-objects 2 "
+        "--steps 6000 --guidance 5 --out runs/transfusion",
         'vistok transfusion generate --model runs/transfusion/model --prompt "a red circle" --out red.png',
         "vistok transfusion caption --model runs/transfusion/model scene.png",
     ]
