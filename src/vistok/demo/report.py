@@ -128,7 +128,7 @@ h1{font-size:26px;margin:8px 0 4px}h2{font-size:21px;margin:0 0 4px}h3{font-size
 section{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:18px 22px;margin:20px 0}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:14px}
 td,th{border-bottom:1px solid #e4e7ec;padding:4px 10px;text-align:left;vertical-align:top}
-th{background:#f0f2f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f0f2f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .ok{color:#17803d;font-weight:600}.failed{color:#b42318;font-weight:600}.skipped{color:#8a6d00;font-weight:600}
 .yes{color:#17803d}.no{color:#b42318}.muted{color:#667085;font-size:13px}
 figure{display:inline-block;margin:8px 14px 8px 0;vertical-align:top;max-width:100%}
