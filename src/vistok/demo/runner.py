@@ -91,6 +91,16 @@ def _prepare_stage_dir(path: Path, stamp: dict[str, Any], fresh: bool) -> None:
     marker.write_text(json.dumps(stamp, indent=2, default=str))
 
 
+def _code_hash(fn: Any) -> str:
+    import hashlib
+    import inspect
+
+    try:
+        return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+    except (OSError, TypeError):  # no source (e.g. a lambda made at run time): fall back to its name
+        return getattr(fn, "__qualname__", repr(fn))
+
+
 def _environment(device: str) -> dict[str, Any]:
     import torch
 
@@ -142,6 +152,7 @@ def run_demo(config: DemoConfig) -> DemoRun:
             "seed": config.seed,
             "tokenizer": config.tokenizer,
             "vistok": vistok.__version__,
+            "code": _code_hash(fn),  # a changed stage restarts instead of resuming another version's checkpoints
         }
         torch.manual_seed(config.seed)
         try:
@@ -240,7 +251,7 @@ def add_demo_parser(subparsers: Any) -> None:
             "Run every vistok system end to end on the built-in data (offline, seeded): the MAGVIT-v2 tokenizer, "
             "LVM, MaskGIT, Transfusion, Chat-UniVi and DiGIT. Writes OUT/report.html (self-contained: open it in a "
             "browser), OUT/report.json (every number) and each stage's files in OUT/<stage>/. The default profile "
-            "takes about 5 minutes on 2 CPU cores; --profile full trains longer. Exits non-zero if a stage failed "
+            "takes about 4 minutes on 2 CPU cores; --profile full trains longer. Exits non-zero if a stage failed "
             "(the others still run)."
         ),
         epilog="example:\n  vistok demo\n  vistok demo --only tokenizer,lvm --out demo-small\n"
@@ -248,7 +259,12 @@ def add_demo_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
-    p.add_argument("--profile", default="default", choices=sorted(PROFILES), help="sizes and training lengths")
+    p.add_argument(
+        "--profile",
+        default="default",
+        choices=sorted(PROFILES),
+        help="default: about 4 minutes on 2 CPU cores; full: longer training, better results; smoke: seconds (tests)",
+    )
     p.add_argument("--only", default=None, metavar="STAGES", help=f"comma-separated subset of: {','.join(STAGES)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")

@@ -572,13 +572,39 @@ def stage_maskgit(ctx: StageContext) -> StageResult:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def stage_transfusion(ctx: StageContext) -> StageResult:
+def _transfusion_metrics(ev: Mapping[str, Any], prefix: str, res: StageResult) -> None:
+    i2t, t2i = ev.get("image_to_text", {}), ev.get("text_to_image", {})
+    if i2t:
+        res.metrics.append(
+            Metric(f"{prefix}image → text: byte accuracy of the caption", i2t["byte_accuracy"],
+                   {"majority caption": i2t["majority_byte_accuracy"]})
+        )  # fmt: skip
+        res.metrics.append(
+            Metric(f"{prefix}image → text: exact caption (any paraphrase)", i2t["paraphrase_match"],
+                   {"majority caption": i2t["majority_paraphrase_match"]})
+        )  # fmt: skip
+    if t2i.get("items"):
+        res.metrics.append(
+            Metric(
+                f"{prefix}text → image: the generated image has the captioned colour",
+                t2i["colour_match"],
+                {"a random held-out scene": t2i["random_scene_colour_match"]},
+                note=(
+                    f"{t2i['items']} one-colour captions; ceilings: the true scene "
+                    f"{t2i['true_image_colour_match']:.2f}, its VAE reconstruction "
+                    f"{t2i['vae_reconstruction_colour_match']:.2f}"
+                ),
+            )
+        )
+    for ex in (i2t.get("examples") or [])[:3]:
+        res.notes.append(f"{prefix}caption — truth: “{ex['truth']}”; predicted: “{ex['predicted']}”")
+
+
+def _train_scene_vae(ctx: StageContext, p: Mapping[str, Any]) -> Path:
+    """A tiny KL-VAE trained on the spot on scene pictures (when vistok ships none)."""
     from vistok.data.scenes import Scenes
     from vistok.train.tokenizer import TokenizerTrainConfig, train_tokenizer
-    from vistok.train.transfusion_cli import TransfusionRunConfig, train_transfusion_run
 
-    p = ctx.params
-    # 1. the VAE: a tiny KL-VAE trained on the spot on scene pictures
     scene_dir = ctx.out / "scene_pngs"
     scenes = Scenes(64, p["scenes"], "train", seed=ctx.seed, objects=(1, 2))
     if not (scene_dir / "done").is_file():
@@ -587,115 +613,89 @@ def stage_transfusion(ctx: StageContext) -> StageResult:
             _save(scenes[i]["pixels"], scene_dir / f"scene_{i:05d}.png")
         (scene_dir / "done").write_text(str(len(scenes)))
     vc = TokenizerTrainConfig(
-        preset="vae-tiny-f4",
-        data=str(scene_dir),
-        image_size=64,
-        batch_size=8,
-        steps=p["vae_steps"],
-        lr=2e-3,
-        recon_focus=16.0,
-        warmup=max(1, p["vae_steps"] // 10),
-        kl_weight=1e-6,
-        perceptual_weight=0.0,
-        disc_start=10**9,
-        disc_warmup_start=10**9,
-        ema_decay=None,
-        out_dir=str(ctx.out / "vae"),
-        log_every=max(1, p["vae_steps"] // 10),
-        ckpt_every=max(1, p["vae_steps"]),
-        seed=ctx.seed,
-        device=ctx.device,
+        preset="vae-tiny-f4", data=str(scene_dir), image_size=64, batch_size=8, steps=p["vae_steps"], lr=2e-3,
+        recon_focus=16.0, warmup=max(1, p["vae_steps"] // 10), kl_weight=1e-6, perceptual_weight=0.0,
+        disc_start=10**9, disc_warmup_start=10**9, ema_decay=None, out_dir=str(ctx.out / "vae"),
+        log_every=max(1, p["vae_steps"] // 10), ckpt_every=max(1, p["vae_steps"]), seed=ctx.seed, device=ctx.device,
         progress=ctx.progress,
-    )
-    vr = train_tokenizer(vc)
-    # 2. Transfusion on the VAE's latents
-    c = TransfusionRunConfig(
-        out=str(ctx.out / "run"),
-        vae=str(vr.final_dir),
-        scenes=p["scenes"],
-        val_scenes=p["val"],
-        max_objects=2,
-        steps=p["steps"],
-        batch_size=p["batch"],
-        warmup=max(1, p["steps"] // 10),
-        log_every=max(1, p["steps"] // 20),
-        ckpt_every=max(1, p["steps"] // 2),
-        eval_items=p["eval"],
-        eval_steps=p["eval_steps"],
-        guidance=5.0,
-        model_args={"objective": "flow"},
-        seed=ctx.seed,
-        progress=ctx.progress,
-    )
-    r = train_transfusion_run(c)
-    ev = r.eval if hasattr(r, "eval") else json.loads((ctx.out / "run" / "eval.json").read_text())
+    )  # fmt: skip
+    return Path(train_tokenizer(vc).final_dir)
+
+
+def stage_transfusion(ctx: StageContext) -> StageResult:
+    from dataclasses import replace
+
+    from vistok.data.scenes import Scenes
+    from vistok.models.transfusion import shipped_transfusion_dir
+    from vistok.train.transfusion_cli import TransfusionRunConfig, evaluate_run, load_run, train_transfusion_run
+
+    p = ctx.params
+    shipped = shipped_transfusion_dir()
+    has_shipped = (shipped / "config.json").is_file()
     res = StageResult(
         "transfusion",
         "Transfusion: one transformer for text and images",
         what=(
-            "A tiny KL-VAE (4× downsampling, a loss that weights the shapes over the background) is trained on the "
-            "spot on scenes of coloured shapes; transfusion-tiny then learns, in one transformer, next-byte prediction "
-            "on the captions and flow matching on the VAE's latent patches (causal "
-            "attention, bidirectional inside each image). Held-out scenes: caption them (image → text) and draw "
-            "their captions (text → image, checked by a colour probe)."
+            "One transformer reads and writes both: next-byte prediction on captions and flow matching on the "
+            "latent patches of a small KL-VAE (4× downsampling), with causal attention across the sequence and "
+            "bidirectional attention inside each image. On held-out scenes of coloured shapes it captions images "
+            "(image → text) and draws captions (text → image, checked by a colour probe). "
+            + (
+                "The shipped model (trained for 6,000 steps) is evaluated, and a fresh one is trained here for "
+                f"{p['steps']} steps on the shipped VAE's latents."
+                if has_shipped
+                else f"A VAE ({p['vae_steps']} steps) and a Transfusion model ({p['steps']} steps) are trained here."
+            )
         ),
-        config={"vae_steps": p["vae_steps"], **{k: v for k, v in vars(c).items() if k not in ("out", "progress")}},
+        config=dict(p),
     )
-    i2t, t2i = ev.get("image_to_text", {}), ev.get("text_to_image", {})
-    if i2t:
-        res.metrics.append(
-            Metric(
-                "image → text: byte accuracy of the caption",
-                i2t["byte_accuracy"],
-                {"majority caption": i2t["majority_byte_accuracy"]},
-            )
+    base = TransfusionRunConfig(
+        out=str(ctx.out / "shipped"), scenes=p["scenes"], val_scenes=p["val"], max_objects=2, eval_items=p["eval"],
+        eval_steps=p["eval_steps"], guidance=5.0, model_args={"objective": "flow"}, seed=ctx.seed,
+        progress=ctx.progress,
+    )  # fmt: skip
+    heads = []
+    if has_shipped:
+        model, vae, _ = load_run(shipped)
+        (ctx.out / "shipped").mkdir(parents=True, exist_ok=True)
+        captions = [it["caption"] for it in Scenes(64, p["scenes"], "train", seed=ctx.seed, objects=(1, 2))]
+        ev = evaluate_run(model, vae, base, captions, ctx.out / "shipped")
+        _transfusion_metrics(ev, "shipped Transfusion: ", res)
+        caption = (
+            "shipped Transfusion — T2I rows: held-out scene, the image generated from its caption; I2T rows: scene, "
+            "its VAE reconstruction, (left) the generated caption"
         )
-        res.metrics.append(
-            Metric(
-                "image → text: exact caption (any paraphrase)",
-                i2t["paraphrase_match"],
-                {"majority caption": i2t["majority_paraphrase_match"]},
-            )
-        )
-    if t2i.get("items"):
-        res.metrics.append(
-            Metric(
-                "text → image: generated image has the captioned colour",
-                t2i["colour_match"],
-                {"a random held-out scene": t2i["random_scene_colour_match"]},
-                note=(
-                    f"ceilings: the true scene {t2i['true_image_colour_match']:.2f}, its VAE "
-                    f"reconstruction {t2i['vae_reconstruction_colour_match']:.2f}"
-                ),
-            )
-        )
-    if ev.get("vae_reconstruction_mse") is not None:
-        mse = ev["vae_reconstruction_mse"]
-        res.notes.append(
-            f"VAE reconstruction PSNR on held-out scenes: {10 * math.log10(4 / mse):.2f} dB ({vc.steps} steps)"
-        )
-    for ex in (i2t.get("examples") or [])[:4]:
-        res.notes.append(f"caption — truth: “{ex['truth']}”; predicted: “{ex['predicted']}”")
-    _picture(
-        ctx,
-        ev.get("samples_png") or (ctx.out / "run" / "samples.png"),
-        "T2I rows: held-out scene and the image generated from its caption; I2T rows: scene, its VAE "
-        "reconstruction, and (left) the generated caption",
-        res,
-    )
-    loss = _loss_curve(ctx.out / "run" / "metrics.jsonl")
-    if loss:
-        res.curves["training loss (LM + 5·diffusion)"] = {"train": loss}
-    if i2t:
-        res.headline = (
-            f"caption byte accuracy {i2t['byte_accuracy']:.3f} vs majority caption {i2t['majority_byte_accuracy']:.3f}"
-        )
+        _picture(ctx, ev.get("samples_png"), caption, res)
+        t2i = ev.get("text_to_image", {})
+        if t2i.get("items"):
+            heads.append(f"shipped model: text → image colour {t2i['colour_match']:.2f} vs random scene "
+                         f"{t2i['random_scene_colour_match']:.2f}")  # fmt: skip
+        vae_dir = shipped / "vae"
+    else:
+        vae_dir = _train_scene_vae(ctx, p)
+    if p["steps"]:
+        c = replace(
+            base, out=str(ctx.out / "trained"), vae=str(vae_dir), steps=p["steps"], batch_size=p["batch"],
+            warmup=max(1, p["steps"] // 10), log_every=max(1, p["steps"] // 20), ckpt_every=max(1, p["steps"] // 2),
+        )  # fmt: skip
+        r = train_transfusion_run(c)
+        _transfusion_metrics(r.eval, "trained here: ", res)
+        _picture(ctx, r.eval.get("samples_png"), f"Transfusion trained here for {p['steps']} steps: T2I and I2T rows",
+                 res)  # fmt: skip
+        loss = _loss_curve(ctx.out / "trained" / "metrics.jsonl")
+        if loss:
+            res.curves["training loss (LM + 5·diffusion)"] = {"trained here": loss}
+        i2t = r.eval.get("image_to_text", {})
+        if i2t:
+            heads.append(f"trained here: caption byte accuracy {i2t['byte_accuracy']:.3f} vs majority "
+                         f"{i2t['majority_byte_accuracy']:.3f}")  # fmt: skip
+    res.headline = "; ".join(heads)
     res.commands = [
-        "vistok data scenes scenes/ --n 2000 --size 64 --clips 0   # or use any folder of images",
+        "vistok data scenes scenes/ --n 1500 --size 64 --clips 0   # or use any folder of images",
         "vistok tokenizer train --preset vae-tiny-f4 --data scenes/scenes --image-size 64 --steps 1200 --lr 2e-3 "
         "--warmup 50 --recon-focus 16 --out runs/vae-f4",
         "vistok transfusion train --vae runs/vae-f4/final --model-arg objective=flow --scenes 1500 --max-objects 2 "
-        "--steps 6000 --guidance 5 --out runs/transfusion",
+        "--steps 6000 --guidance 5 --out runs/transfusion   # the shipped model",
         'vistok transfusion generate --model runs/transfusion/model --prompt "a red circle" --out red.png',
         "vistok transfusion caption --model runs/transfusion/model scene.png",
     ]

@@ -41,6 +41,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,7 @@ __all__ = [
     "drop_captions",
     "patchify",
     "sample_timesteps",
+    "shipped_transfusion_dir",
     "transfusion_loss",
     "unpatchify",
 ]
@@ -703,3 +705,10 @@ PRESETS: dict[str, TransfusionConfig] = {
 }
 
 register_model("transfusion", Transfusion, presets=PRESETS)
+
+
+def shipped_transfusion_dir() -> Path:
+    """The folder of the small Transfusion model shipped inside the package (``vistok/models/weights/
+    transfusion-scenes``, with its VAE in ``vae/``): transfusion-tiny trained on the built-in captioned scenes (see its
+    ``MODEL_CARD.md``). Load it with :func:`vistok.train.transfusion_cli.load_run`."""
+    return Path(__file__).resolve().parent / "weights" / "transfusion-scenes"
