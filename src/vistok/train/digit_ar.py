@@ -1131,9 +1131,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_translate(args: argparse.Namespace) -> int:
+    from vistok.train.digit_translate import DigitTranslateConfig, train_digit_translator
+
+    cfg = DigitTranslateConfig(
+        out=args.out, size=args.size, images=args.images, eval_images=args.eval_images, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, dim=args.dim, n_layers=args.layers,
+        n_heads=args.heads, seed=args.seed, progress=not args.quiet,
+    )  # fmt: skip
+    magvit = None if args.magvit == "default" else args.magvit
+    print(train_digit_translator(args.digit, magvit, cfg).text)
+    return 0
+
+
 def add_digit_train_parser(digit_subparsers: Any) -> None:
-    """Add ``train``, ``compare``, ``decoder`` and ``generate`` to the ``vistok digit`` verbs (``digit_subparsers``:
-    its sub-parser group)."""
+    """Add ``train``, ``compare``, ``decoder``, ``generate`` and ``translate`` to the ``vistok digit`` verbs
+    (``digit_subparsers``: its sub-parser group)."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = digit_subparsers.add_parser(
         "train",
@@ -1225,3 +1238,19 @@ def add_digit_train_parser(digit_subparsers: Any) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_generate)
+
+    p = digit_subparsers.add_parser(
+        "translate",
+        help="train a DiGIT -> MAGVIT-v2 token translator (the paper's pixel route) and score it on held-out crops",
+        description=__doc__,
+        epilog="example:\n  vistok digit translate --digit runs/digit/tokenizer --out runs/digit/translate --steps 400",
+        formatter_class=fmt,
+    )
+    p.add_argument("--digit", required=True, help="a DiGIT tokenizer folder (written by 'vistok digit fit')")
+    p.add_argument("--magvit", default="default", help="target tokenizer: 'default' (shipped MAGVIT-v2) or a folder")
+    p.add_argument("--out", default="runs/digit/translate", help="run folder; the model goes to OUT/model")
+    p.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+    p.add_argument("--images", type=int, default=1000, help="training crops, tokenized once (default 1000)")
+    p.add_argument("--eval-images", type=int, default=128, help="held-out crops scored (default 128)")
+    _gpt_args(p, 300)
+    p.set_defaults(func=_cmd_translate)
