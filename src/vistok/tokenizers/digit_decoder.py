@@ -44,7 +44,7 @@ from vistok.hub import PretrainedMixin
 from vistok.registry import PresetMixin, register_model
 from vistok.tokenizers.digit import DIGIT_PRESETS, DigitConfig, DigitTokenizer
 from vistok.tokenizers.magvit2 import TokenizerOutput
-from vistok.tokenizers.vqgan import Decoder, VQGANConfig
+from vistok.tokenizers.vqgan import Decoder, VQGANConfig, _frames, _unframes, id_frames
 
 __all__ = ["DIGIT_DECODER_PRESETS", "DigitAutoencoder", "DigitDecoderConfig"]
 
@@ -125,14 +125,6 @@ DIGIT_DECODER_PRESETS: dict[str, DigitDecoderConfig] = {
 # ---------------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _frames(x: Tensor) -> Tensor:
-    return x.transpose(1, 2).flatten(0, 1)
-
-
-def _unframes(x: Tensor, batch: int) -> Tensor:
-    return x.unflatten(0, (batch, -1)).transpose(1, 2)
 
 
 class DigitAutoencoder(nn.Module, PretrainedMixin):
@@ -222,16 +214,7 @@ class DigitAutoencoder(nn.Module, PretrainedMixin):
         return frames, batch
 
     def _check_ids(self, ids: Tensor) -> tuple[Tensor, int | None]:
-        if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            got = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
-            raise TypeError(f"expected integer token ids, got {got}")
-        if ids.ndim not in (3, 4):
-            raise ValueError(f"expected image ids (B, h, w) or video ids (B, T, h, w), got {tuple(ids.shape)}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.codebook_size):
-            raise ValueError(
-                f"token ids must be in [0, {self.codebook_size}), got range [{int(ids.min())}, {int(ids.max())}]"
-            )
-        return (ids.flatten(0, 1), ids.shape[0]) if ids.ndim == 4 else (ids, None)
+        return id_frames(ids, self.codebook_size)
 
     # -- encoding ------------------------------------------------------------------------------------------------
 

@@ -322,6 +322,19 @@ def build_vqgan_quantizer(config: VQGANConfig) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def id_frames(ids: Tensor, codebook_size: int) -> tuple[Tensor, int | None]:
+    """Check token ids of an image (B, H', W') or a video (B, T', H', W') against ``codebook_size``; video ids become
+    (B·T', H', W'). Returns (ids, B or None). Shared by the pixel tokenizers that decode id grids frame by frame."""
+    if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        got = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
+        raise TypeError(f"expected integer token ids, got {got}")
+    if ids.ndim not in (3, 4):
+        raise ValueError(f"expected image ids (B, H', W') or video ids (B, T', H', W'), got {tuple(ids.shape)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= codebook_size):
+        raise ValueError(f"token ids must be in [0, {codebook_size}), got range [{int(ids.min())}, {int(ids.max())}]")
+    return (ids.flatten(0, 1), ids.shape[0]) if ids.ndim == 4 else (ids, None)
+
+
 def _frames(x: Tensor) -> Tensor:
     """(B, C, T, H, W) → (B·T, C, H, W), frames of one clip adjacent."""
     return x.transpose(1, 2).flatten(0, 1)
@@ -406,17 +419,7 @@ class VQGANTokenizer(nn.Module, PretrainedMixin):
         return frames, batch
 
     def _as_id_frames(self, ids: Tensor) -> tuple[Tensor, int | None]:
-        """Check token ids; video ids (B, T, H', W') become (B·T, H', W'). Returns (ids, B or None)."""
-        if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            got = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
-            raise TypeError(f"expected integer token ids, got {got}")
-        if ids.ndim not in (3, 4):
-            raise ValueError(f"expected image ids (B, H', W') or video ids (B, T', H', W'), got {tuple(ids.shape)}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.codebook_size):
-            raise ValueError(
-                f"token ids must be in [0, {self.codebook_size}), got range [{int(ids.min())}, {int(ids.max())}]"
-            )
-        return (ids.flatten(0, 1), ids.shape[0]) if ids.ndim == 4 else (ids, None)
+        return id_frames(ids, self.codebook_size)
 
     # -- encoding
 
