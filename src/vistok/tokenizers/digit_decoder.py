@@ -44,7 +44,7 @@ from vistok.hub import PretrainedMixin
 from vistok.registry import PresetMixin, register_model
 from vistok.tokenizers.digit import DIGIT_PRESETS, DigitConfig, DigitTokenizer
 from vistok.tokenizers.magvit2 import TokenizerOutput
-from vistok.tokenizers.vqgan import Decoder, VQGANConfig, _frames, _unframes, id_frames
+from vistok.tokenizers.vqgan import Decoder, VQGANConfig, _frames, _unframes, id_frames, pixel_frames
 
 __all__ = ["DIGIT_DECODER_PRESETS", "DigitAutoencoder", "DigitDecoderConfig"]
 
@@ -202,16 +202,7 @@ class DigitAutoencoder(nn.Module, PretrainedMixin):
         return h + ph, w + pw
 
     def _as_frames(self, x: Tensor, pad: bool) -> tuple[Tensor, int | None]:
-        if not isinstance(x, Tensor) or not x.is_floating_point():
-            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
-            raise TypeError(f"expected float pixels in [-1, 1], got {got} (convert uint8 with x.float() / 127.5 - 1)")
-        if x.ndim not in (4, 5) or x.shape[1] != 3:
-            raise ValueError(f"expected an image (B, 3, H, W) or a video (B, 3, T, H, W), got {tuple(x.shape)}")
-        frames, batch = (_frames(x), x.shape[0]) if x.ndim == 5 else (x, None)
-        h, w = self._padded_size(*frames.shape[-2:], pad=pad)
-        if (h, w) != tuple(frames.shape[-2:]):
-            frames = F.pad(frames, (0, w - frames.shape[-1], 0, h - frames.shape[-2]), mode="replicate")
-        return frames, batch
+        return pixel_frames(x, 3, self._padded_size, pad)
 
     def _check_ids(self, ids: Tensor) -> tuple[Tensor, int | None]:
         return id_frames(ids, self.codebook_size)

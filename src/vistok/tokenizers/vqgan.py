@@ -322,6 +322,27 @@ def build_vqgan_quantizer(config: VQGANConfig) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def pixel_frames(
+    x: Tensor, channels: int, padded_size: Callable[[int, int, bool], tuple[int, int]], pad: bool
+) -> tuple[Tensor, int | None]:
+    """Check pixels of an image (B, C, H, W) or a video (B, C, T, H, W) and pad them by replication to
+    ``padded_size(H, W, pad)`` (which raises when they do not fit and ``pad`` is off); a video becomes a batch of
+    frames. Returns (frames, B or None)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"expected float pixels in [-1, 1], got {got} (convert uint8 with x.float() / 127.5 - 1)")
+    c = channels
+    if x.ndim not in (4, 5) or x.shape[1] != c:
+        raise ValueError(f"expected an image (B, {c}, H, W) or a video (B, {c}, T, H, W), got {tuple(x.shape)}")
+    if x.ndim == 5 and x.shape[2] < 1:
+        raise ValueError(f"expected at least 1 frame, got a video of shape {tuple(x.shape)}")
+    frames, batch = (_frames(x), x.shape[0]) if x.ndim == 5 else (x, None)
+    h, w = padded_size(*frames.shape[-2:], pad=pad)
+    if (h, w) != tuple(frames.shape[-2:]):
+        frames = F.pad(frames, (0, w - frames.shape[-1], 0, h - frames.shape[-2]), mode="replicate")
+    return frames, batch
+
+
 def id_frames(ids: Tensor, codebook_size: int) -> tuple[Tensor, int | None]:
     """Check token ids of an image (B, H', W') or a video (B, T', H', W') against ``codebook_size``; video ids become
     (B·T', H', W'). Returns (ids, B or None). Shared by the pixel tokenizers that decode id grids frame by frame."""
@@ -403,20 +424,7 @@ class VQGANTokenizer(nn.Module, PretrainedMixin):
         return h + ph, w + pw
 
     def _as_frames(self, x: Tensor, pad: bool) -> tuple[Tensor, int | None]:
-        """Check pixels and (with pad) pad them; a video becomes a batch of frames. Returns (frames, B or None)."""
-        if not isinstance(x, Tensor) or not x.is_floating_point():
-            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
-            raise TypeError(f"expected float pixels in [-1, 1], got {got} (convert uint8 with x.float() / 127.5 - 1)")
-        c = self.config.in_channels
-        if x.ndim not in (4, 5) or x.shape[1] != c:
-            raise ValueError(f"expected an image (B, {c}, H, W) or a video (B, {c}, T, H, W), got {tuple(x.shape)}")
-        if x.ndim == 5 and x.shape[2] < 1:
-            raise ValueError(f"expected at least 1 frame, got a video of shape {tuple(x.shape)}")
-        frames, batch = (_frames(x), x.shape[0]) if x.ndim == 5 else (x, None)
-        h, w = self._padded_size(*frames.shape[-2:], pad=pad)
-        if (h, w) != tuple(frames.shape[-2:]):
-            frames = F.pad(frames, (0, w - frames.shape[-1], 0, h - frames.shape[-2]), mode="replicate")
-        return frames, batch
+        return pixel_frames(x, self.config.in_channels, self._padded_size, pad)
 
     def _as_id_frames(self, ids: Tensor) -> tuple[Tensor, int | None]:
         return id_frames(ids, self.codebook_size)
