@@ -43,7 +43,9 @@ def test_stage_metrics_are_the_ones_the_systems_measured(smoke_demo):
     assert any("image → text" in n for n in names["transfusion"])
     assert any("text → image" in n for n in names["transfusion"])
     assert any("merge" in n for n in names["univi"]) and any("pool" in n for n in names["univi"])
-    assert any(n.startswith("videos:") for n in names["univi"])
+    for who in ("shipped model: ", "trained here: "):
+        assert any(n.startswith(who + "videos:") for n in names["univi"])
+        assert any(n.startswith(who + "images:") and "merge" in n for n in names["univi"])
     assert any("bits per token" in n for n in names["digit"])
     # the numbers in report.json are the ones the stage's own eval files hold
     lvm_eval = json.loads((smoke_demo.out / "lvm" / "shipped" / "eval.json").read_text())

@@ -69,7 +69,18 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         },
         "maskgit": {"train": 32, "heldout": 8, "steps": 2, "batch": 4, "n": 1, "decode_steps": 4},
         "transfusion": {"scenes": 16, "val": 4, "vae_steps": 2, "steps": 2, "batch": 4, "eval": 2, "eval_steps": 2},
-        "univi": {"images": 24, "videos": 8, "eval_images": 4, "eval_videos": 2, "steps": (1, 1, 2), "questions": 2},
+        "univi": {
+            "images": 24,
+            "videos": 8,
+            "eval_images": 4,
+            "eval_videos": 2,
+            "steps": (1, 1, 2),
+            "questions": 2,
+            "majority_images": 16,
+            "majority_videos": 8,
+            "shipped_eval_images": 4,
+            "shipped_eval_videos": 2,
+        },
         "digit": {
             "ssl_steps": 1,
             "k": 8,
@@ -97,12 +108,16 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "eval_steps": 20,
         },
         "univi": {
-            "images": 300,
-            "videos": 80,
-            "eval_images": 24,
-            "eval_videos": 12,
-            "steps": (60, 60, 200),
+            "images": 200,
+            "videos": 48,
+            "eval_images": 16,
+            "eval_videos": 8,
+            "steps": (30, 30, 120),
             "questions": 4,
+            "majority_images": 200,
+            "majority_videos": 60,
+            "shipped_eval_images": 48,
+            "shipped_eval_videos": 24,
         },
         "digit": {
             "ssl_steps": 40,
@@ -147,6 +162,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "eval_videos": 48,
             "steps": (300, 200, 800),
             "questions": 8,
+            "majority_images": 1000,
+            "majority_videos": 300,
+            "shipped_eval_images": 64,
+            "shipped_eval_videos": 48,
         },
         "digit": {
             "ssl_steps": 300,
@@ -749,13 +768,76 @@ def _save(picture: Any, path: Path) -> Path:
     return save_png(picture, path)
 
 
+def _shipped_univi(ctx: StageContext, res: StageResult) -> dict[str, Any]:
+    """Evaluate the UniVi model shipped with vistok on held-out scenes and clips, for every token budget."""
+    from vistok.models.univi import shipped_univi_dir
+    from vistok.train.univi import (
+        UniViTrainConfig,
+        _dataset,
+        cache_features,
+        evaluate_univi,
+        load_univi,
+        write_accuracy_png,
+        write_answers_png,
+    )
+
+    p = ctx.params
+    out = ctx.out / "shipped"
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_univi(shipped_univi_dir()).eval()
+    c = UniViTrainConfig(
+        out=str(out), train_images=p["majority_images"], train_videos=p["majority_videos"],
+        eval_images=p["shipped_eval_images"], eval_videos=p["shipped_eval_videos"], eval_questions=p["questions"],
+        seed=ctx.seed, progress=ctx.progress,
+    )  # fmt: skip
+    cache = {
+        (kind, split): cache_features(
+            model, _dataset(kind, split, c, n), out / f"{kind}-{split}.pt", progress=ctx.progress
+        )
+        for kind, split, n in (
+            ("image", "train", c.train_images),
+            ("video", "train", c.train_videos),
+            ("image", "heldout", c.eval_images),
+            ("video", "heldout", c.eval_videos),
+        )
+    }
+    train = {k: cache[k, "train"] for k in ("image", "video") if cache[k, "train"]["qa"]}  # majority answers only
+    held = {k: cache[k, "heldout"] for k in ("image", "video") if cache[k, "heldout"]["qa"]}
+    report = evaluate_univi(model, held, train, c.eval_reductions, None, c.eval_questions, ctx.seed, ctx.progress)
+    (out / "eval.json").write_text(json.dumps(report, indent=1))
+    if "image" in held:
+        _picture(ctx, write_answers_png(model, held, c, out / "answers.png"),
+                 "shipped model: held-out scenes with questions, its answers and the truth", res)  # fmt: skip
+    _picture(ctx, write_accuracy_png(report, out / "accuracy.png"),
+             "shipped model: answer accuracy against the number of visual tokens", res)  # fmt: skip
+    return report
+
+
 def stage_univi(ctx: StageContext) -> StageResult:
+    from vistok.models.univi import shipped_univi_dir
     from vistok.train.univi import UniViTrainConfig, train_univi
 
     p = ctx.params
+    has_shipped = ctx.tokenizer_path is None and (shipped_univi_dir() / "config.json").is_file()
+    res = StageResult(
+        "univi",
+        "Chat-UniVi: dynamic visual tokens for an understanding model",
+        what=(
+            "Patch features of the MAGVIT-v2 encoder are merged by parameter-free DPC-KNN (multi-scale; videos split "
+            "into temporal events first) and fed, through a projector, to a small language model that answers "
+            "questions about held-out scenes and clips, trained in the paper's stages (projector only, then all). "
+            "Accuracy is compared across token budgets: all patches, merged, and uniform pooling to the same count. "
+            + ("The shipped model is evaluated; " if has_shipped else "")
+            + f"a model is trained here for {sum(p['steps'])} steps."
+        ),
+        config=dict(p),
+    )
+    heads = []
+    if has_shipped:
+        heads.append("shipped model — " + _univi_metrics(_shipped_univi(ctx, res), "shipped model: ", res))
     s0, s1, s2 = p["steps"]
     c = UniViTrainConfig(
-        out=str(ctx.out),
+        out=str(ctx.out / "trained"),
         encoder_path=ctx.tokenizer_path,
         train_images=p["images"],
         train_videos=p["videos"],
@@ -772,32 +854,21 @@ def stage_univi(ctx: StageContext) -> StageResult:
         progress=ctx.progress,
     )
     r = train_univi(c)
-    rep = r.report
-    res = StageResult(
-        "univi",
-        "Chat-UniVi: dynamic visual tokens for an understanding model",
-        what=(
-            "Patch features of the MAGVIT-v2 encoder are merged by parameter-free DPC-KNN (multi-scale; videos split "
-            "into temporal events first) and fed, through a projector, to a small language model that answers "
-            "questions about held-out scenes and clips, trained in the paper's stages (projector only, then all). "
-            "Accuracy is compared across token budgets: all patches, merged, and uniform pooling to the same count."
-        ),
-        config={k: v for k, v in vars(c).items() if k not in ("out", "progress")},
-    )
-    _univi_metrics(rep, res)
+    heads.append("trained here — " + _univi_metrics(r.report, "trained here: ", res))
     try:
         _merge_pictures(ctx, res)
     except Exception as e:  # the pictures are a bonus; the numbers above stand without them
         res.notes.append(f"cluster pictures not drawn: {type(e).__name__}: {e}")
-    _picture(ctx, ctx.out / "answers.png", "held-out scenes with questions, the model's answers and the truth", res)
-    _picture(ctx, ctx.out / "accuracy.png", "answer accuracy against the number of visual tokens", res)
+    _picture(ctx, ctx.out / "trained" / "answers.png", "trained here: held-out scenes, answers and the truth", res)
     for stage in (0, 1, 2):
-        loss = _loss_curve(ctx.out / f"stage{stage}" / "metrics.jsonl")
+        loss = _loss_curve(ctx.out / "trained" / f"stage{stage}" / "metrics.jsonl")
         if loss:
-            res.curves.setdefault("training loss per stage", {})[f"stage {stage}"] = loss
+            res.curves.setdefault("training loss per stage (trained here)", {})[f"stage {stage}"] = loss
+    res.headline = "answer accuracy: " + "; ".join(heads)
     res.commands = [
         "vistok merge show photo.png --out clusters.png",
-        "vistok univi train --steps 600 --out runs/univi",
+        "vistok univi train --steps 550 --steps0 150 --steps1 200 --projector-lr-scale 5 --train-images 1000 "
+        "--train-videos 300 --eval-images 48 --eval-videos 32 --eval-questions 6 --out runs/univi   # shipped model",
         'vistok univi ask --model runs/univi/model scene.png "how many red circles?"',
     ]
     return res
@@ -810,7 +881,7 @@ _UNIVI_BASELINES = {
 }
 
 
-def _univi_metrics(rep: Mapping[str, Any], res: StageResult) -> None:
+def _univi_metrics(rep: Mapping[str, Any], prefix: str, res: StageResult) -> str:
     """Accuracy per token budget vs the shuffled-image control, no image and the majority answer (``train_univi``)."""
     heads = []
     for kind, rows in (rep.get("kinds") or {}).items():
@@ -828,7 +899,7 @@ def _univi_metrics(rep: Mapping[str, Any], res: StageResult) -> None:
             per_event = f" = {events}×{row['tokens_per_event']:.0f}" if events and events > 1 else ""
             res.metrics.append(
                 Metric(
-                    f"{kind}s: answer accuracy, {name} ({row['tokens']:.0f}{per_event} visual tokens)",
+                    f"{prefix}{kind}s: answer accuracy, {name} ({row['tokens']:.0f}{per_event} visual tokens)",
                     float(row["accuracy"]),
                     dict(base),
                     note=f"{row.get('n', '?')} held-out questions",
@@ -841,7 +912,7 @@ def _univi_metrics(rep: Mapping[str, Any], res: StageResult) -> None:
                 f"{kind}s: " + ", ".join(f"{n} {v:.2f}" for n, v in acc.items())
                 + (f" (another item's image {shuffled:.2f})" if shuffled is not None else "")
             )  # fmt: skip
-    res.headline = "answer accuracy — " + "; ".join(heads) if heads else ""
+    return "; ".join(heads)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

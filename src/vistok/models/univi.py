@@ -72,6 +72,7 @@ __all__ = [
     "VisualTokens",
     "reduce_features",
     "scaled_stages",
+    "shipped_univi_dir",
 ]
 
 REDUCTIONS = ("merge", "pool", "all")
@@ -708,3 +709,10 @@ PRESETS: dict[str, UniViConfig] = {
 }
 
 register_model("univi", UniVi, presets=PRESETS)
+
+
+def shipped_univi_dir() -> Path:
+    """The folder of the small UniVi model shipped inside the package (``vistok/models/weights/univi-scenes``):
+    univi-tiny trained on the built-in scenes and sprite clips (see its ``MODEL_CARD.md``). Load it with
+    :func:`vistok.train.univi.load_univi`."""
+    return Path(__file__).resolve().parent / "weights" / "univi-scenes"
