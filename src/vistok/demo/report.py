@@ -343,9 +343,10 @@ def render_html(report: Mapping[str, Any], out: Path) -> str:
         f"<title>vistok demo report</title><style>{_CSS}</style></head><body><main>"
         "<h1>vistok demo report</h1>"
         f'<p class="muted">{facts}</p>'
-        "<p>Every system of vistok run end to end on the built-in data, offline and seeded. Models in the default "
-        "profile are tiny and trained for seconds on the spot, so read each number against its trivial baseline; "
-        "the commands at the end of each section reproduce it at a larger scale.</p>"
+        "<p>Every system of vistok run end to end on the built-in data, offline and seeded. The small weights that "
+        "ship with vistok (tokenizer, LVM, Transfusion, Chat-UniVi) are evaluated; everything else is trained for "
+        "seconds on the spot. All models are tiny, so read each number against its trivial baseline; the commands "
+        "at the end of each section reproduce it at a larger scale.</p>"
         f"{banner}<table><tr><th>stage</th><th>status</th><th>time</th><th>headline</th></tr>{rows}</table>"
         f"{body}</main></body></html>\n"
     )
