@@ -206,6 +206,38 @@ def test_tokenize_sentences_stores_whole_sentences_and_resumes(tmp_path):
     assert a.extra["sentence_format"] == fmt.to_dict()
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("batch_images", [1, 3, 64])
+def test_tokenize_sentences_batches_across_sentences_and_workers_keep_order(tmp_path, workers, batch_images):
+    """Encoding images of several sentences in one call (and loading in worker processes) stores the same items,
+    labels and order as encoding each sentence on its own."""
+    tok, sents = _ToyTokenizer(), _Sentences([2, 3, 1, 4, 5, 1, 2])
+    tokenize_sentences(sents, tok, tmp_path / "ref", batch_images=1, progress=False)
+    _, n = tokenize_sentences(
+        sents, tok, tmp_path / "x", batch_images=batch_images, num_workers=workers, limit=5, progress=False
+    )
+    assert n == 5
+    _, n = tokenize_sentences(
+        sents, tok, tmp_path / "x", batch_images=batch_images, num_workers=workers, progress=False
+    )
+    assert n == 7
+    ref, got = ShardReader(tmp_path / "ref"), ShardReader(tmp_path / "x")
+    for i in range(7):
+        assert np.array_equal(ref[i], got[i])
+
+
+def test_tokenize_sentences_refuses_shards_made_from_other_sentences(tmp_path):
+    tok, sents = _ToyTokenizer(), _Sentences([2, 3, 1, 4])
+    tokenize_sentences(sents, tok, tmp_path, source={"kinds": ["video"], "sentences": 4}, progress=False)
+    _, n = tokenize_sentences(sents, tok, tmp_path, source={"kinds": ["video"], "sentences": 4}, progress=False)
+    assert n == 4  # same source: resumes (nothing left to do)
+    with pytest.raises(ValueError, match="made from other sentences"):
+        tokenize_sentences(sents, tok, tmp_path, source={"kinds": ["video"], "sentences": 3}, progress=False)
+    with pytest.raises(ValueError, match="more than the 2 asked for"):
+        tokenize_sentences(sents, tok, tmp_path, limit=2, progress=False)
+    assert len(ShardReader(tmp_path)) == 4  # nothing was written or lost
+
+
 def _write_sentences(path, lengths, fmt=FMT, seed=0):
     g = torch.Generator().manual_seed(seed)
     with ShardWriter(path, fmt.vocab_size, extra={"sentence_format": fmt.to_dict()}) as w:

@@ -37,6 +37,7 @@ is scored). The public LVM code packs without a document mask and lets sentences
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -481,6 +482,10 @@ def _encode_images(tokenizer: Any, images: Tensor, batch: int) -> Tensor:
     return ids[:, 0] if ids.ndim == 4 else ids  # a 1-frame video tokenizer returns (k, 1, h, w)
 
 
+def _identity(item: Any) -> Any:
+    return item
+
+
 def tokenize_sentences(
     sentences: Dataset,
     tokenizer: Any,
@@ -491,27 +496,79 @@ def tokenize_sentences(
     tokenizer_name: str = "tokenizer",
     tokenizer_config: dict[str, Any] | None = None,
     progress: bool = True,
+    num_workers: int = 0,
+    source: dict[str, Any] | None = None,
 ) -> tuple[SentenceFormat, int]:
     """Encode every sentence of ``sentences`` (each image on its own, as an image) and store it as one shard item.
 
-    Resumes: items already committed in ``out_dir`` are not encoded again. Returns the format and the item count.
+    Images of consecutive sentences are encoded together, ``batch_images`` at a time (one sentence is never split
+    across shards: items are written in order once all their images are encoded). ``num_workers`` > 0 renders /
+    loads the sentences in that many worker processes (a ``DataLoader``, order kept), which pays off when making a
+    sentence costs more than encoding it (synthetic clips, decoded videos) and the tokenizer sits on a GPU.
+
+    Resumes: items already committed in ``out_dir`` are not encoded again. ``source`` (JSON-able: how the sentences
+    were made) is stored with the shards; resuming a folder made from another source, or one that holds more items
+    than asked for, is refused (its items would silently stand in for the ones asked for). Returns the format and the
+    item count.
     """
-    from vistok.data.shards import ShardWriter
+    from torch.utils.data import DataLoader, Subset
+
+    from vistok.data.shards import META_NAME, ShardWriter, _read_meta
     from vistok.train.metrics import Progress
 
     n = len(sentences) if limit is None else min(limit, len(sentences))
+    if (Path(out_dir) / META_NAME).is_file():
+        meta = _read_meta(Path(out_dir))
+        old = meta["extra"].get("sentence_source")
+        if source is not None and old is not None and old != json.loads(json.dumps(source)):
+            raise ValueError(
+                f"{out_dir}: these token shards were made from other sentences ({old}), not {source}; "
+                "use a fresh output folder (or delete this one) to tokenize the new ones"
+            )
+        if meta["num_items"] > n:
+            raise ValueError(
+                f"{out_dir}: holds {meta['num_items']} tokenized sentences, more than the {n} asked for; it was made "
+                "with other settings: use a fresh output folder (or delete this one)"
+            )
     first = sentences[0]["images"]
     grid = tuple(_encode_images(tokenizer, first[:1], 1).shape[-2:])
     fmt = SentenceFormat(int(tokenizer.codebook_size), grid)
     extra = {"sentence_format": fmt.to_dict(), "tasks": list(TASKS), "image_size": list(first.shape[-2:])}
+    if source is not None:
+        extra["sentence_source"] = source
     with ShardWriter(out_dir, fmt.vocab_size, tokenizer_name, tokenizer_config, extra=extra) as writer:
         start = writer.num_items
         bar = Progress(total=n, desc="tokenizing sentences", enabled=progress, initial=start)
-        for i in range(start, n):
-            item = sentences[i]
-            grids = _encode_images(tokenizer, item["images"], batch_images)
-            writer.append(fmt.encode(grids).numpy(), int(item["label"]))
-            bar.update(1)
+        todo = Subset(sentences, range(start, n))
+        items: Any = (
+            DataLoader(todo, batch_size=None, num_workers=num_workers, collate_fn=_identity, prefetch_factor=4)
+            if num_workers > 0 and len(todo) > 0
+            else (todo[i] for i in range(len(todo)))
+        )
+        pending: list[tuple[int, int]] = []  # (images, label) per sentence waiting for its ids
+        images: list[Tensor] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            grids = _encode_images(tokenizer, torch.cat(images), batch_images)
+            offset = 0
+            for count, label in pending:
+                writer.append(fmt.encode(grids[offset : offset + count]).numpy(), label)
+                offset += count
+            bar.update(len(pending))
+            pending.clear()
+            images.clear()
+
+        queued = 0
+        for item in items:
+            pending.append((len(item["images"]), int(item["label"])))
+            images.append(item["images"])
+            queued += len(item["images"])
+            if queued >= batch_images:
+                flush()
+                queued = 0
+        flush()
         bar.close()
         return fmt, writer.num_items
 

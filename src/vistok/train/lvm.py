@@ -85,6 +85,8 @@ class LVMTrainConfig:
     eval_items: int = 8
     val_photos: str = "heldout"
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    data_workers: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds)
@@ -96,6 +98,8 @@ class LVMTrainConfig:
         for name in ("sentences", "image_size", "frames", "pairs", "steps", "batch_size", "eval_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.data_workers < 0:
+            raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
         if self.val_sentences < 0:
             raise ValueError(f"val_sentences must be >= 0, got {self.val_sentences}")
         if self.val_photos not in ("heldout", "train"):
@@ -416,15 +420,26 @@ def train_lvm(config: LVMTrainConfig) -> LVMTrainResult:
     dirs = {split: out / "tokens" / split for split in ("train", "val")}
     val = build_sentences(c, "val") if c.val_sentences else None
     if info.rank == 0:
+        made = {k: getattr(c, k) for k in ("data", "kinds", "image_size", "frames", "pairs", "seed")}
         tokenize_sentences(
             build_sentences(c, "train"),
             tokenizer,
             dirs["train"],
             tokenizer_name=record["model_type"],
             progress=c.progress,
+            num_workers=c.data_workers,
+            batch_images=256 if info.device.type == "cuda" else 32,
+            source={**made, "split": "train", "sentences": c.sentences},
         )
         if val is not None:
-            tokenize_sentences(val, tokenizer, dirs["val"], tokenizer_name=record["model_type"], progress=c.progress)
+            tokenize_sentences(
+                val,
+                tokenizer,
+                dirs["val"],
+                tokenizer_name=record["model_type"],
+                progress=c.progress,
+                source={**made, "split": c.val_photos, "sentences": c.val_sentences},
+            )
     barrier()
     from vistok.data.shards import ShardReader
 
@@ -450,6 +465,7 @@ def train_lvm(config: LVMTrainConfig) -> LVMTrainResult:
         resume=c.resume,
         seed=c.seed,
         progress=c.progress,
+        compile=c.compile,
     )
     run_config = {"lvm": asdict(c), "model": {"preset": c.preset, **overrides}, "packing": packed.stats()}
     trainer = Trainer(model, None, lvm_loss, packed, train_config, info=info, run_config=run_config)
@@ -568,6 +584,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         eval_items=args.eval_items,
         val_photos=args.val_photos,
         model_overrides=dict(args.model_arg),
+        data_workers=args.data_workers,
+        compile=args.compile,
     )
     print(train_lvm(cfg).summary)
     return 0
@@ -661,6 +679,13 @@ def add_lvm_parser(subparsers: Any) -> None:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--eval-items", type=int, default=8, help="held-out sentences per task in the pictures/metrics")
+    p.add_argument(
+        "--data-workers",
+        type=int,
+        default=0,
+        help="processes that render/load sentences while the tokenizer encodes them (default 0: in this process)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's training forward pass")
     p.add_argument(
         "--val-photos",
         default="heldout",
