@@ -205,16 +205,25 @@ def test_loss_runs_and_backprops():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention block masks need CUDA (CPU uses dense SDPA)")
-def test_flex_matches_dense_on_cuda():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_flex_matches_dense_on_cuda(compiled):
     torch.manual_seed(0)
-    m = create_model("transfusion-tiny").cuda().eval()
+    m = create_model("transfusion-tiny").cuda()
+    m.compiled_flex = compiled
     b = _tiny_batch().to("cuda")
     logits_flex, preds_flex = m(b)
     assert len(m._block_masks) == 1
     m(b)
     assert len(m._block_masks) == 1  # cached by sequence structure
+    (logits_flex[b.valid].square().mean() + sum(p.square().mean() for p in preds_flex)).backward()
+    grads_flex = [None if p.grad is None else p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
     m.attention_mask = lambda s, d, v: MaskSpec(causal=True, span_ids=s, doc_ids=d, valid=v)  # dense SDPA path
     logits_dense, preds_dense = m(b)
     v = b.valid
     assert torch.allclose(logits_flex[v], logits_dense[v], atol=1e-4)
     assert all(torch.allclose(a, c, atol=1e-4) for a, c in zip(preds_flex, preds_dense, strict=True))
+    (logits_dense[v].square().mean() + sum(p.square().mean() for p in preds_dense)).backward()
+    for gf, p in zip(grads_flex, m.parameters(), strict=True):
+        assert (gf is None) == (p.grad is None)
+        assert gf is None or torch.allclose(gf, p.grad, atol=1e-4, rtol=1e-3)

@@ -186,6 +186,25 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask = "causal", scale: flo
     return _masked_sdpa(q, k, v, build_dense_mask(spec, q_len, kv_len, device=q.device), scale, **gqa)
 
 
+_flex_fns: dict[bool, Callable] = {}
+
+
+def flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask, *, compiled: bool | None = None) -> Tensor:
+    """FlexAttention of q (B, H, L, D) over k, v (B, Hkv, L, D) with a ``BlockMask`` (see :func:`make_mask_mod`).
+
+    FlexAttention is meant to run compiled: ``torch.compile`` fuses the mask into a tiled kernel that skips the
+    blocks the mask rules out, while the eager function is a slow reference that materializes all L × L scores.
+    ``compiled`` (default: on CUDA) picks the compiled kernel, compiled once per process and shared by every call;
+    eager on CPU, where FlexAttention's compiled path is not used by vistok (dense SDPA is).
+    """
+    from torch.nn.attention.flex_attention import flex_attention as _flex
+
+    use = q.device.type == "cuda" if compiled is None else compiled
+    if use not in _flex_fns:
+        _flex_fns[use] = torch.compile(_flex) if use else _flex
+    return _flex_fns[use](q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with GQA and rotary embeddings; projections wq, wk, wv, wo (no biases by default).
 

@@ -566,6 +566,7 @@ class Transfusion(nn.Module, PretrainedMixin):
         self.patches = LinearPatches(config) if config.patch_encoder == "linear" else UNetPatches(config)
         self.schedule = DiffusionSchedule(config.timesteps, config.objective)
         self._block_masks: dict[str, object] = {}
+        self.compiled_flex: bool | None = None  # None: compiled FlexAttention on CUDA; False: eager (debugging)
 
     # -- attention
 
@@ -611,12 +612,12 @@ class Transfusion(nn.Module, PretrainedMixin):
         return bb.norm(x)
 
     def _run_flex(self, x: Tensor, cos: Tensor, sin: Tensor, block_mask) -> Tensor:
-        from torch.nn.attention.flex_attention import flex_attention
+        from vistok.layers.attention import flex_attention
 
         for layer in self.backbone.layers:
             attn = layer.attention
             q, k, v = attn._qkv(layer.attention_norm(x), cos, sin)
-            out = flex_attention(q, k, v, block_mask=block_mask, enable_gqa=attn.n_heads != attn.n_kv_heads)
+            out = flex_attention(q, k, v, block_mask, compiled=self.compiled_flex)
             b, _, n, _ = out.shape
             x = x + attn.wo(out.transpose(1, 2).reshape(b, n, -1))
             x = x + layer.feed_forward(layer.ffn_norm(x))
