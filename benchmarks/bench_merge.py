@@ -94,8 +94,8 @@ def ref_cluster(x: Tensor, m: int, k: int) -> tuple[Tensor, Tensor]:
     _, index_down = torch.topk(score, k=min(m, n), dim=-1)
     dist_to_centres = torch.gather(dist, 1, index_down[:, :, None].expand(b, index_down.shape[1], n))
     idx_cluster = dist_to_centres.argmin(dim=1)
-    idx_batch = torch.arange(b)[:, None].expand(b, index_down.shape[1])
-    idx_tmp = torch.arange(index_down.shape[1])[None, :].expand(b, -1)
+    idx_batch = torch.arange(b, device=x.device)[:, None].expand(b, index_down.shape[1])
+    idx_tmp = torch.arange(index_down.shape[1], device=x.device)[None, :].expand(b, -1)
     idx_cluster[idx_batch.reshape(-1), index_down.reshape(-1)] = idx_tmp.reshape(-1)
     return idx_cluster, index_down
 
@@ -103,7 +103,7 @@ def ref_cluster(x: Tensor, m: int, k: int) -> tuple[Tensor, Tensor]:
 def ref_merge(x: Tensor, idx_cluster: Tensor, m: int) -> Tensor:
     """Mean of every cluster (TCFormer's ``merge_tokens`` with unit token weights)."""
     b, n, c = x.shape
-    idx = (idx_cluster + torch.arange(b)[:, None] * m).reshape(-1)
+    idx = (idx_cluster + torch.arange(b, device=x.device)[:, None] * m).reshape(-1)
     weight = x.new_ones(b * n, 1)
     all_weight = x.new_zeros(b * m, 1).index_add_(0, idx, weight)
     norm_weight = weight / all_weight[idx]

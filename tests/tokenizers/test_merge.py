@@ -182,17 +182,32 @@ def test_streamed_low_memory_mode_equals_held_matrix(dtype):
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
-def test_panel_distances_equal_the_direct_matrix():
-    x = clustered(2, 2 * TILE + 5, 7, seed=4)
+@pytest.mark.parametrize("tile", [TILE, 100, 1024])  # 100: a ragged last panel; 1024: one panel (the GPU size)
+def test_panel_distances_equal_the_direct_matrix(tile):
+    x = clustered(2, 3 * TILE + 5, 7, seed=4)
     n = -(-x.shape[1] // TILE) * TILE
     xp = torch.nn.functional.pad(x, (0, 0, 0, n - x.shape[1]))
     valid = torch.arange(n)[None].expand(2, n) < x.shape[1]
-    d = merge._Panels(xp, valid).matrix()
+    d = merge._Panels(xp, valid, tile).matrix()
     direct = torch.cdist(xp, xp).square()
     mask = valid[:, :, None] & valid[:, None, :] & ~torch.eye(n, dtype=torch.bool)
     torch.testing.assert_close(d[mask], direct[mask], rtol=1e-9, atol=1e-9)
     assert bool(torch.isinf(d[~mask]).all())
     assert torch.equal(d, d.mT)  # exactly symmetric
+
+
+@pytest.mark.parametrize("tile", [100, 1024])
+def test_other_panel_sizes_give_the_same_clusters(monkeypatch, tile):
+    """GPUs use larger panels (``GPU_TILE``); held and streamed passes over any panel size give the clusters of the
+    CPU's 64-row panels (float64, so GEMM shapes cannot flip a near-tie)."""
+    x = clustered(3, 3 * TILE + 17, 12, seed=3, dtype=torch.float64)
+    valid = torch.ones(3, x.shape[1], dtype=torch.bool)
+    valid[2, 100:] = False
+    ref = dpc_knn(x, 20, 5, valid)
+    monkeypatch.setattr(merge, "_panel_tile", lambda device: tile)
+    for out in (dpc_knn(x, 20, 5, valid), dpc_knn(x, 20, 5, valid, low_memory=True)):
+        assert torch.equal(out.centers, ref.centers) and torch.equal(out.assignment, ref.assignment)
+        torch.testing.assert_close(out.tokens, ref.tokens, rtol=1e-12, atol=1e-12)
 
 
 def test_ties_all_duplicates_and_heavy_padding_give_no_nan():

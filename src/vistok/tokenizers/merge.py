@@ -94,7 +94,8 @@ __all__ = [
     "video_events",
 ]
 
-TILE = 64  # tokens per side of every distance GEMM tile
+TILE = 64  # tokens per side of every distance GEMM tile; the padded token count is a multiple of it
+GPU_TILE = 1024  # rows per distance panel on a GPU: fewer, larger GEMMs (kernel launches dominate small ones)
 DEFAULT_MAX_BYTES = 2**28  # distance matrices held in memory up to 256 MiB
 STAGES = (64, 32, 16)
 KS = (5, 3, 3)
@@ -280,53 +281,61 @@ def _masked(x: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
 # ----------------------------------------------------------------------------------------------- distances
 
 
-class _Panels:
-    """Squared distances D_ij = ‖x_i − x_j‖² of a padded batch x (B, Np, C), Np a multiple of ``TILE``, by panels.
+def _panel_tile(device: torch.device) -> int:
+    return TILE if device.type == "cpu" else GPU_TILE
 
-    Panel i holds the rows of tile i (``TILE`` tokens) against the columns i·TILE … Np − 1: one
-    (B, TILE, C) × (B, C, Np − i·TILE) GEMM G, D = G_rr + G_cc − 2·G, where the squared norms G_rr are the diagonals of
-    the panels' own GEMMs (so a duplicate token is at distance exactly 0; panels are first computed last to first so
-    the norms of later columns are known). Each unordered pair is in exactly one panel, which serves both D_ij and
-    D_ji (the diagonal block is symmetrized from its upper triangle): the matrix is exactly symmetric and only half of
-    it is multiplied. The diagonal and all entries of padding rows/columns are +inf. Iterating yields (i, panel i)
-    for i = last … 0, recomputed by the very same GEMM calls every time (the same bits).
+
+class _Panels:
+    """Squared distances D_ij = ‖x_i − x_j‖² of a padded batch x (B, Np, C) by panels of ``tile`` rows.
+
+    Panel [s, e) holds the rows s … e − 1 against the columns s … Np − 1: one (B, e − s, C) × (B, C, Np − s) GEMM G,
+    D = G_rr + G_cc − 2·G, where the squared norms G_rr are the diagonals of the panels' own GEMMs (so a duplicate
+    token is at distance exactly 0; panels are first computed last to first so the norms of later columns are known).
+    Each unordered pair is in exactly one panel, which serves both D_ij and D_ji (the diagonal block is symmetrized
+    from its upper triangle): the matrix is exactly symmetric and only half of it is multiplied. The diagonal and all
+    entries of padding rows/columns are +inf. Iterating yields (s, e, panel) from the last panel to the first,
+    recomputed by the very same GEMM calls every time (the same bits). ``tile``: ``TILE`` on CPU (the panels stay in
+    cache); larger on a GPU (:data:`GPU_TILE`), where each panel costs a handful of kernel launches.
     """
 
-    def __init__(self, x: Tensor, valid: Tensor) -> None:
+    def __init__(self, x: Tensor, valid: Tensor, tile: int = TILE) -> None:
         self.x, self.valid = x, valid
         b, n, _ = x.shape
-        self.n, self.tiles = n, n // TILE
+        self.n = n
+        self.bounds = [(s, min(s + tile, n)) for s in range(0, n, tile)]
         self.padded = not bool(valid.all())
         self.sq = x.new_zeros(b, n)
         self._known = False  # are the squared norms computed?
-        self._upper = torch.ones(TILE, TILE, dtype=torch.bool, device=x.device).triu()
+        self._upper: dict[int, Tensor] = {}
 
-    def _compute(self, i: int) -> Tensor:
-        rows, start = slice(i * TILE, (i + 1) * TILE), i * TILE
-        d = torch.bmm(self.x[:, rows], self.x[:, start:].mT)  # (B, TILE, Np − start)
+    def _compute(self, s: int, e: int) -> Tensor:
+        r = e - s
+        d = torch.bmm(self.x[:, s:e], self.x[:, s:].mT)  # (B, r, Np − s)
         if not self._known:
-            self.sq[:, rows] = d[:, :, :TILE].diagonal(dim1=1, dim2=2)
-        d.mul_(-2).add_(self.sq[:, None, start:]).add_(self.sq[:, rows, None]).clamp_min_(0)
-        block = d[:, :, :TILE]
-        block.copy_(torch.where(self._upper, block, block.mT))
+            self.sq[:, s:e] = d[:, :, :r].diagonal(dim1=1, dim2=2)
+        d.mul_(-2).add_(self.sq[:, None, s:]).add_(self.sq[:, s:e, None]).clamp_min_(0)
+        if r not in self._upper:
+            self._upper[r] = torch.ones(r, r, dtype=torch.bool, device=self.x.device).triu()
+        block = d[:, :, :r]
+        block.copy_(torch.where(self._upper[r], block, block.mT))
         block.diagonal(dim1=1, dim2=2).fill_(math.inf)
         if self.padded:
-            d.masked_fill_(~self.valid[:, None, start:], math.inf)
-            d.masked_fill_(~self.valid[:, rows, None], math.inf)
+            d.masked_fill_(~self.valid[:, None, s:], math.inf)
+            d.masked_fill_(~self.valid[:, s:e, None], math.inf)
         return d
 
     def __iter__(self):
-        for i in range(self.tiles - 1, -1, -1):
-            yield i, self._compute(i)
+        for s, e in reversed(self.bounds):
+            yield s, e, self._compute(s, e)
         self._known = True
 
     def matrix(self, out: Tensor | None = None) -> Tensor:
         """The whole (B, Np, Np) matrix, each panel written with its transpose (into ``out`` when given)."""
         shape = (self.x.shape[0], self.n, self.n)
         d = out[: shape[0]] if out is not None and tuple(out.shape[1:]) == shape[1:] else self.x.new_empty(shape)
-        for i, p in self:
-            d[:, i * TILE : (i + 1) * TILE, i * TILE :] = p
-            d[:, (i + 1) * TILE :, i * TILE : (i + 1) * TILE] = p[:, :, TILE:].mT
+        for s, e, p in self:
+            d[:, s:e, s:] = p
+            d[:, e:, s:e] = p[:, :, e - s :].mT
         return d
 
 
@@ -409,12 +418,12 @@ def _densities_streamed(panels: _Panels, k: int, c: int) -> Tensor:
     b, n = panels.x.shape[:2]
     kk = min(k, n - 1)
     near = panels.x.new_full((b, n, kk), math.inf)
-    for i, d in panels:
-        rows, after = slice(i * TILE, (i + 1) * TILE), (i + 1) * TILE
+    for start, after, d in panels:
+        rows, r = slice(start, after), after - start
         row_best = d.topk(min(kk, d.shape[2]), dim=2, largest=False).values
         near[:, rows] = torch.cat([near[:, rows], row_best], 2).topk(kk, dim=2, largest=False).values
         if after < n:
-            col_best = d[:, :, TILE:].topk(min(kk, TILE), dim=1, largest=False).values.mT
+            col_best = d[:, :, r:].topk(min(kk, r), dim=1, largest=False).values.mT
             near[:, after:] = torch.cat([near[:, after:], col_best], 2).topk(kk, dim=2, largest=False).values
     return _density_from(near, c)
 
@@ -423,16 +432,16 @@ def _deltas_streamed(panels: _Panels, rank: Tensor, densest: Tensor, c: int) -> 
     b, n = rank.shape
     best = panels.x.new_full((b, n), math.inf)
     top = panels.x.new_full((b,), -math.inf)
-    for i, d in panels:
-        rows, start, after = slice(i * TILE, (i + 1) * TILE), i * TILE, (i + 1) * TILE
+    for start, after, d in panels:
+        rows, r = slice(start, after), after - start
         col_denser = rank[:, None, start:] < rank[:, rows, None]
         best[:, rows] = torch.minimum(best[:, rows], d.masked_fill(~col_denser, math.inf).amin(2))
         if after < n:  # the transposed part: row token denser than column token (ranks are distinct)
-            below = d[:, :, TILE:].masked_fill(col_denser[:, :, TILE:], math.inf).amin(1)
+            below = d[:, :, r:].masked_fill(col_denser[:, :, r:], math.inf).amin(1)
             best[:, after:] = torch.minimum(best[:, after:], below)
         local = (densest - start).clamp(0, d.shape[2] - 1)
-        row = _finite_max(d.gather(1, local.clamp_max(TILE - 1).view(b, 1, 1).expand(b, 1, d.shape[2]))[:, 0], 1)
-        col = _finite_max(d.gather(2, local.view(b, 1, 1).expand(b, TILE, 1))[..., 0], 1)
+        row = _finite_max(d.gather(1, local.clamp_max(r - 1).view(b, 1, 1).expand(b, 1, d.shape[2]))[:, 0], 1)
+        col = _finite_max(d.gather(2, local.view(b, 1, 1).expand(b, r, 1))[..., 0], 1)
         top = torch.maximum(top, torch.where((densest >= start) & (densest < after), row, -math.inf))
         top = torch.maximum(top, torch.where(densest >= start, col, -math.inf))
     return torch.sqrt(best.scatter_(1, densest[:, None], top.clamp_min(0)[:, None]) / c)
@@ -441,13 +450,13 @@ def _deltas_streamed(panels: _Panels, rank: Tensor, densest: Tensor, c: int) -> 
 def _assign_streamed(panels: _Panels, centers: Tensor, cvalid: Tensor) -> Tensor:
     b, m = centers.shape
     dist = panels.x.new_full((b, panels.n, m), math.inf)
-    for i, d in panels:
-        rows, start, after = slice(i * TILE, (i + 1) * TILE), i * TILE, (i + 1) * TILE
+    for start, after, d in panels:
+        rows, r = slice(start, after), after - start
         local = centers - start
         in_cols = cvalid & (local >= 0)
-        cols = d.gather(2, local.clamp(0, d.shape[2] - 1)[:, None, :].expand(b, TILE, m))
+        cols = d.gather(2, local.clamp(0, d.shape[2] - 1)[:, None, :].expand(b, r, m))
         dist[:, rows] = torch.where(in_cols[:, None, :], cols, dist[:, rows])
-        trans = d.gather(1, local.clamp(0, TILE - 1)[:, :, None].expand(b, m, d.shape[2])).mT
+        trans = d.gather(1, local.clamp(0, r - 1)[:, :, None].expand(b, m, d.shape[2])).mT
         dist[:, start:] = torch.where((in_cols & (centers < after))[:, None, :], trans, dist[:, start:])
     return _finish_assign(dist, centers, cvalid, panels.valid)
 
@@ -457,9 +466,10 @@ def _cluster_group(
 ) -> tuple[Tensor, Tensor]:
     """Centres (B, m; −1 in invalid slots) and assignment (B, Np) of padded tokens x (B, Np, C)."""
     b, n, c = x.shape
-    panels = _Panels(x, valid)
+    gpu = x.device.type != "cpu"
+    panels = _Panels(x, valid, _panel_tile(x.device))
     d = panels.matrix(buffer) if hold else None
-    rows = max(1, BLOCK_BYTES // (b * n * x.element_size()))
+    rows = max(1, BLOCK_BYTES[gpu] // (b * n * x.element_size()))
     if hold:
         rho, near, near_idx = _densities_held(d, k, c, rows)
     else:
@@ -485,7 +495,8 @@ def _cluster_group(
 
 
 GROUP_BYTES = {"cpu": 2**22, "cuda": 2**28}  # matrices per group of samples: small on CPU (cache), big on GPU
-BLOCK_BYTES = 2**21  # elementwise work on a held matrix in row blocks of about 2 MiB
+# elementwise work on a held matrix in row blocks of about 2 MiB on CPU (in cache) and 256 MiB on a GPU (few launches)
+BLOCK_BYTES = {False: 2**21, True: 2**28}
 
 
 def _plan(b: int, n: int, itemsize: int, max_bytes: int, low_memory: bool, device: torch.device) -> tuple[int, bool]:
