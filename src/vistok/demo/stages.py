@@ -96,7 +96,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "default": {
         "tokenizer": {"items": 16, "show": 6},
-        "lvm": {"val": 16, "unigram": 64, "eval": 8, "steps": 0},
+        "lvm": {"val": 32, "unigram": 64, "eval": 32, "steps": 0},
         "maskgit": {"train": 2048, "heldout": 128, "steps": 350, "batch": 32, "n": 4, "decode_steps": 12},
         "transfusion": {
             "scenes": 800,
@@ -135,9 +135,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "tokenizer": {"items": 64, "show": 8},
         "lvm": {
-            "val": 24,
+            "val": 48,
             "unigram": 400,
-            "eval": 8,
+            "eval": 48,
             "sentences": 1500,
             "frames": 8,
             "pairs": 3,
@@ -362,13 +362,13 @@ def _lvm_metrics(ev: Mapping[str, Any], prefix: str, res: StageResult) -> None:
             m = ev[key]
             res.metrics.append(
                 Metric(f"{prefix}{what}: token accuracy (greedy)", m["token_accuracy"],
-                       {copy: m["copy_last_token_accuracy"]})
+                       {copy: m["copy_last_token_accuracy"]}, note=f"{m['items']} held-out items")
             )  # fmt: skip
             res.metrics.append(
                 Metric(
                     f"{prefix}{what}: PSNR of the decoded prediction", m["psnr"],
                     {copy: m["copy_last_psnr"], f"{copy} through the tokenizer": m["copy_last_tokens_psnr"]},
-                    unit=" dB", note=f"tokenizer ceiling {m['tokenizer_psnr']:.2f} dB",
+                    unit=" dB", note=f"{m['items']} held-out items; tokenizer ceiling {m['tokenizer_psnr']:.2f} dB",
                 )
             )  # fmt: skip
     curve = ev.get("perplexity_vs_context")
@@ -417,10 +417,11 @@ def _shipped_lvm(ctx: StageContext, res: StageResult) -> dict[str, Any]:
     pics = ev.get("pictures", {})
     _picture(ctx, pics.get("next_frame"), "shipped LVM, next frame of held-out clips: context, greedy prediction, "
              "truth", res)  # fmt: skip
-    _picture(ctx, pics.get("analogy"), "shipped LVM on in-context analogies (it was trained on clips only)", res)
+    _picture(ctx, pics.get("analogy"), "shipped LVM on in-context analogies: three pairs, greedy answer, truth", res)
     res.notes.append(
-        f"The shipped LVM ({model.num_params() / 1e6:.1f}M parameters) was trained on 3,000 clips for 2,000 steps on "
-        "a GPU (its MODEL_CARD.md); evaluated here on new clips of the training photos."
+        f"The shipped LVM ({model.num_params() / 1e6:.1f}M parameters) was trained on 40,000 clips and 40,000 analogy "
+        "sentences for 2,500 steps on a GPU (its MODEL_CARD.md); evaluated here on new clips and prompts of the "
+        "training photos."
     )
     return ev
 
@@ -436,7 +437,7 @@ def stage_lvm(ctx: StageContext) -> StageResult:
         what=(
             "An LVM (a LLaMA-style decoder over visual sentences of MAGVIT-v2 tokens) continues held-out clips frame "
             "by frame and is prompted with in-context analogy pairs (A₁:B₁, A₂:B₂, A₃:?). "
-            + ("The shipped lvm-tiny is evaluated; " if ctx.tokenizer_path is None else "")
+            + ("The shipped LVM is evaluated; " if ctx.tokenizer_path is None else "")
             + (f"an lvm-tiny is trained here for {p['steps']} steps on clips and analogy pairs." if p["steps"] else "")
         ),
         config=dict(p),

@@ -241,7 +241,7 @@ register_model("lvm", LVM, presets=PRESETS)
 
 
 def shipped_lvm_dir() -> Path:
-    """The folder of the small LVM shipped inside the package (``vistok/models/weights/lvm-tiny-clips``): lvm-tiny
-    trained on clips of the built-in photos, tokenized by the shipped default tokenizer (see its ``MODEL_CARD.md``).
-    Load it with ``vistok.from_pretrained(shipped_lvm_dir())``."""
-    return Path(__file__).resolve().parent / "weights" / "lvm-tiny-clips"
+    """The folder of the small LVM shipped inside the package (``vistok/models/weights/lvm-clips``): a 6.4M-parameter
+    LVM trained on clips and in-context analogy pairs of the built-in photos, tokenized by the shipped default
+    tokenizer (see its ``MODEL_CARD.md``). Load it with ``vistok.from_pretrained(shipped_lvm_dir())``."""
+    return Path(__file__).resolve().parent / "weights" / "lvm-clips"
