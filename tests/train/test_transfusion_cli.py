@@ -12,7 +12,7 @@ from PIL import Image
 from vistok import cli
 from vistok.data.samples import SPRITE_COLOURS
 from vistok.data.scenes import Scenes
-from vistok.train.transfusion_cli import dominant_colour
+from vistok.train.transfusion_cli import dominant_colour, dominant_shape
 
 TINY = ["--scenes", "8", "--val-scenes", "12", "--steps", "3", "--batch-size", "4", "--eval-items", "2"]
 TINY += ["--eval-steps", "2", "--log-every", "1", "-q"]
@@ -47,6 +47,7 @@ def test_train_writes_run(run_dir):
     assert i2t["items"] == 12 and 0 <= i2t["byte_accuracy"] <= 1 and "majority_byte_accuracy" in i2t
     assert t2i["items"] >= 1 and 0 <= t2i["colour_match"] <= 1
     assert t2i["true_image_colour_match"] == 1.0  # the probe reads the real pictures correctly
+    assert "shape_match" in t2i and "true_image_shape_match" in t2i
     with Image.open(run_dir / "samples.png") as img:
         assert img.width > 64 and img.height > 64
     cache = torch.load(run_dir / "latents.pt", weights_only=False)
@@ -139,6 +140,29 @@ def test_bad_inputs(run_dir, main, tmp_path, capsys):
     assert main(["transfusion", "train", "--vae", "no-such-vae", "--out", str(tmp_path / "r"), *TINY]) == 2
     assert "not a VAE preset" in capsys.readouterr().err
     assert main(["transfusion", "generate", "--model", str(run_dir), "--prompt", "x"]) == 2  # run folder, not model
+
+
+def test_dominant_shape_probe():
+    from PIL import ImageDraw
+
+    scenes = Scenes(64, 200, "heldout")
+    hits = checked = 0
+    for i in range(len(scenes)):
+        shapes = {o["shape"] for o in scenes[i]["objects"]}
+        if len(shapes) == 1:
+            hits += dominant_shape(scenes.render(i)) == shapes.pop()
+            checked += 1
+    assert checked >= 100 and hits / checked > 0.95  # the probe's ceiling on true scenes (chance: 1/3)
+    for shape, draw in (
+        ("square", lambda d: d.rectangle((20, 20, 39, 39), fill=SPRITE_COLOURS["red"])),
+        ("circle", lambda d: d.ellipse((20, 20, 43, 43), fill=SPRITE_COLOURS["red"])),
+        ("triangle", lambda d: d.polygon([(32, 16), (48, 44), (16, 44)], fill=SPRITE_COLOURS["red"])),
+    ):
+        img = Image.new("RGB", (64, 64), (50, 50, 50))
+        draw(ImageDraw.Draw(img))
+        assert dominant_shape(np.asarray(img)) == shape
+        assert dominant_shape(np.asarray(img), colour="blue") is None  # no blue blob
+    assert dominant_shape(np.full((64, 64, 3), 50, dtype=np.uint8)) is None
 
 
 def test_dominant_colour_probe():

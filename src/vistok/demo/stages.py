@@ -616,6 +616,19 @@ def _transfusion_metrics(ev: Mapping[str, Any], prefix: str, res: StageResult) -
                 ),
             )
         )
+    if t2i.get("shape_match") is not None:
+        res.metrics.append(
+            Metric(
+                f"{prefix}text → image: the largest blob has the captioned shape",
+                t2i["shape_match"],
+                {"a random held-out scene": t2i["random_scene_shape_match"]},
+                note=(
+                    f"{t2i['shape_items']} captions of one shape; fill-ratio probe; ceilings: the true scene "
+                    f"{t2i['true_image_shape_match']:.2f}, its VAE reconstruction "
+                    f"{t2i['vae_reconstruction_shape_match']:.2f}"
+                ),
+            )
+        )
     for ex in (i2t.get("examples") or [])[:3]:
         res.notes.append(f"{prefix}caption — truth: “{ex['truth']}”; predicted: “{ex['predicted']}”")
 
