@@ -672,7 +672,7 @@ def stage_transfusion(ctx: StageContext) -> StageResult:
             "One transformer reads and writes both: next-byte prediction on captions and flow matching on the "
             "latent patches of a small KL-VAE (4× downsampling), with causal attention across the sequence and "
             "bidirectional attention inside each image. On held-out scenes of coloured shapes it captions images "
-            "(image → text) and draws captions (text → image, checked by a colour probe). "
+            "(image → text) and draws captions (text → image, checked by a colour probe and a shape probe). "
             + (
                 "The shipped model (trained for 6,000 steps) is evaluated, and a fresh one is trained here for "
                 f"{p['steps']} steps on the shipped VAE's latents."
@@ -726,9 +726,10 @@ def stage_transfusion(ctx: StageContext) -> StageResult:
     res.commands = [
         "vistok data scenes scenes/ --n 1500 --size 64 --clips 0   # or use any folder of images",
         "vistok tokenizer train --preset vae-tiny-f4 --data scenes/scenes --image-size 64 --steps 1200 --lr 2e-3 "
-        "--warmup 50 --recon-focus 16 --out runs/vae-f4",
-        "vistok transfusion train --vae runs/vae-f4/final --model-arg objective=flow --scenes 1500 --max-objects 2 "
-        "--steps 6000 --guidance 5 --out runs/transfusion   # the shipped model",
+        "--warmup 50 --recon-focus 16 --kl-weight 1e-3 --out runs/vae-f4",
+        "vistok transfusion train --vae runs/vae-f4/final --model-arg objective=flow --model-arg dim=128 "
+        "--model-arg n_layers=4 --scenes 1500 --max-objects 2 --steps 6000 --guidance 5 --out runs/transfusion"
+        "   # the shipped model",
         'vistok transfusion generate --model runs/transfusion/model --prompt "a red circle" --out red.png',
         "vistok transfusion caption --model runs/transfusion/model scene.png",
     ]
