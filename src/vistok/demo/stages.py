@@ -603,29 +603,22 @@ def _transfusion_metrics(ev: Mapping[str, Any], prefix: str, res: StageResult) -
             Metric(f"{prefix}image → text: exact caption (any paraphrase)", i2t["paraphrase_match"],
                    {"majority caption": i2t["majority_paraphrase_match"]})
         )  # fmt: skip
-    if t2i.get("items"):
+    probes = (
+        ("colour", "the generated image has the captioned colour", f"{t2i.get('items')} one-colour captions"),
+        ("shape", "the largest blob has the captioned shape", f"{t2i.get('shape_items')} captions of one shape; "
+         "fill-ratio probe"),
+    )  # fmt: skip
+    for kind, what, items in probes if t2i.get("items") else ():
+        if t2i.get(f"{kind}_match") is None:
+            continue
         res.metrics.append(
             Metric(
-                f"{prefix}text → image: the generated image has the captioned colour",
-                t2i["colour_match"],
-                {"a random held-out scene": t2i["random_scene_colour_match"]},
+                f"{prefix}text → image: {what}",
+                t2i[f"{kind}_match"],
+                {"a random held-out scene": t2i[f"random_scene_{kind}_match"]},
                 note=(
-                    f"{t2i['items']} one-colour captions; ceilings: the true scene "
-                    f"{t2i['true_image_colour_match']:.2f}, its VAE reconstruction "
-                    f"{t2i['vae_reconstruction_colour_match']:.2f}"
-                ),
-            )
-        )
-    if t2i.get("shape_match") is not None:
-        res.metrics.append(
-            Metric(
-                f"{prefix}text → image: the largest blob has the captioned shape",
-                t2i["shape_match"],
-                {"a random held-out scene": t2i["random_scene_shape_match"]},
-                note=(
-                    f"{t2i['shape_items']} captions of one shape; fill-ratio probe; ceilings: the true scene "
-                    f"{t2i['true_image_shape_match']:.2f}, its VAE reconstruction "
-                    f"{t2i['vae_reconstruction_shape_match']:.2f}"
+                    f"{items}; ceilings: the true scene {t2i[f'true_image_{kind}_match']:.2f}, its VAE "
+                    f"reconstruction {t2i[f'vae_reconstruction_{kind}_match']:.2f}"
                 ),
             )
         )
