@@ -196,10 +196,10 @@ def test_panel_distances_equal_the_direct_matrix(tile):
     assert torch.equal(d, d.mT)  # exactly symmetric
 
 
-@pytest.mark.parametrize("tile", [100, 1024])
+@pytest.mark.parametrize("tile", [TILE, 100, 1024])
 def test_other_panel_sizes_give_the_same_clusters(monkeypatch, tile):
     """GPUs use larger panels (``GPU_TILE``); held and streamed passes over any panel size give the clusters of the
-    CPU's 64-row panels (float64, so GEMM shapes cannot flip a near-tie)."""
+    CPU's panels (``CPU_TILE`` rows; float64, so GEMM shapes cannot flip a near-tie)."""
     x = clustered(3, 3 * TILE + 17, 12, seed=3, dtype=torch.float64)
     valid = torch.ones(3, x.shape[1], dtype=torch.bool)
     valid[2, 100:] = False

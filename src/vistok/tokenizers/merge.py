@@ -24,16 +24,16 @@ size-weighted mean Σ w_n x_n / Σ w_n when token sizes w are given. :func:`dpc_
 - **Cluster order**: by score, highest first (as in the paper). :func:`spatial_order` /
   :meth:`MultiScaleResult.sort_by_position` order merged tokens by their centroid (t, y, x) instead.
 - **Distances, exactly and at half the cost.** Squared distances are ‖x_i‖² + ‖x_j‖² − 2⟨x_i, x_j⟩ computed in
-  *panels*: the rows of tile i (``TILE`` = 64 tokens) against the columns from tile i on, one GEMM each, so every
+  *panels*: the rows of tile i (128 tokens on CPU) against the columns from tile i on, one GEMM each, so every
   unordered pair is multiplied once (about half of the full N × N GEMM that dominates the cost) and the matrix is
   exactly symmetric. The squared norms are the diagonal of the same GEMMs, so duplicate tokens are at distance 0.
   δ needs no second pass over the matrix for most tokens: when one of a token's k nearest neighbours is denser, the
   nearest such neighbour is its nearest denser token overall; only local density peaks search their whole row.
 - **Memory.** When a sample's (N, N) matrix fits in ``max_bytes`` (default 256 MiB) it is assembled from the panels,
-  for groups of samples with up to 4 MiB of matrices on CPU (work that stays in cache) or 256 MiB on GPU. Otherwise
-  (or with ``low_memory=True``) each of the three passes — densities, δ, assignment — streams over the panels,
-  recomputing them (1.5× the GEMM work of the held matrix, memory O(N·(TILE + k)) per sample). Both modes run the
-  very same panel GEMMs, so they give bitwise the same distances and clusters. Padding does not change a real
+  for groups of samples with up to 16 MiB of matrices on CPU (ops large enough to use several threads) or 256 MiB on
+  GPU. Otherwise (or with ``low_memory=True``) each of the three passes — densities, δ, assignment — streams over the
+  panels, recomputing them (1.5× the GEMM work of the held matrix, memory O(N·(tile + k)) per sample). Both modes run
+  the very same panel GEMMs, so they give bitwise the same distances and clusters. Padding does not change a real
   token's distances either, as long as the GEMM computes an output element the same way whatever the matrix width
   (true for the CPU BLAS here; the tests check padded batch = samples alone).
 - Clustering runs in float32 (float64 for float64 input); half/bfloat16 tokens are upcast. Densities underflow to 0
@@ -95,6 +95,7 @@ __all__ = [
 ]
 
 TILE = 64  # tokens per side of every distance GEMM tile; the padded token count is a multiple of it
+CPU_TILE = 128  # rows per distance panel on a CPU: in cache, and large enough for a GEMM to use several threads
 GPU_TILE = 1024  # rows per distance panel on a GPU: fewer, larger GEMMs (kernel launches dominate small ones)
 DEFAULT_MAX_BYTES = 2**28  # distance matrices held in memory up to 256 MiB
 STAGES = (64, 32, 16)
@@ -282,7 +283,7 @@ def _masked(x: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _panel_tile(device: torch.device) -> int:
-    return TILE if device.type == "cpu" else GPU_TILE
+    return CPU_TILE if device.type == "cpu" else GPU_TILE
 
 
 class _Panels:
@@ -294,8 +295,8 @@ class _Panels:
     Each unordered pair is in exactly one panel, which serves both D_ij and D_ji (the diagonal block is symmetrized
     from its upper triangle): the matrix is exactly symmetric and only half of it is multiplied. The diagonal and all
     entries of padding rows/columns are +inf. Iterating yields (s, e, panel) from the last panel to the first,
-    recomputed by the very same GEMM calls every time (the same bits). ``tile``: ``TILE`` on CPU (the panels stay in
-    cache); larger on a GPU (:data:`GPU_TILE`), where each panel costs a handful of kernel launches.
+    recomputed by the very same GEMM calls every time (the same bits). ``tile``: :data:`CPU_TILE` on CPU (the panels
+    stay in cache); larger on a GPU (:data:`GPU_TILE`), where each panel costs a handful of kernel launches.
     """
 
     def __init__(self, x: Tensor, valid: Tensor, tile: int = TILE) -> None:
@@ -410,7 +411,7 @@ def _assign_held(d: Tensor, centers: Tensor, cvalid: Tensor, valid: Tensor) -> T
     return _finish_assign(dist.masked_fill_(~cvalid[:, None, :], math.inf), centers, cvalid, valid)
 
 
-# The same three passes streaming over the panels (memory O(B·Np·(TILE + k))).
+# The same three passes streaming over the panels (memory O(B·Np·(tile + k))).
 
 
 def _densities_streamed(panels: _Panels, k: int, c: int) -> Tensor:
@@ -494,7 +495,7 @@ def _cluster_group(
     return centers, assign
 
 
-GROUP_BYTES = {"cpu": 2**22, "cuda": 2**28}  # matrices per group of samples: small on CPU (cache), big on GPU
+GROUP_BYTES = {"cpu": 2**24, "cuda": 2**28}  # matrices per group of samples: 16 MiB on CPU, 256 MiB on GPU
 # elementwise work on a held matrix in row blocks of about 2 MiB on CPU (in cache) and 256 MiB on a GPU (few launches)
 BLOCK_BYTES = {False: 2**21, True: 2**28}
 
@@ -542,7 +543,7 @@ def dpc_knn(
     means (clustering ignores sizes). ``jitter``: add U(0, 1)·jitter to the densities (seeded by ``seed``), as the
     public code does with 10⁻⁶; 0 = ties by index. ``max_bytes``: the most memory the distances of one sample may
     hold (about N²/2 values); beyond it, or with ``low_memory``, each pass recomputes them panel by panel (same
-    result, memory O(N·(TILE + k))). Returns a :class:`MergeResult` with M slots.
+    result, memory O(N·(tile + k))). Returns a :class:`MergeResult` with M slots.
     """
     x = _check_tokens(x)
     m, k = _check_count(num_clusters, "num_clusters"), _check_count(k, "k")
