@@ -27,7 +27,10 @@ Measured per (case, implementation), each in a fresh subprocess, ``--rounds`` ti
 memory of the first call (CPU: resident-set high-water mark above the baseline taken after the inputs exist and a
 tiny warm-up call ran; CUDA: max_memory_allocated); time = median over all rounds of the ``--repeats`` calls after
 it, as wall-clock time and as the process's CPU time (on a CPU shared with other jobs, wall time also counts the
-time the process waited for a core; CPU time does not, so it is the steadier measure there).
+time the process waited for a core; CPU time does not, so it is the steadier measure there). Workers run with a warm
+heap (``--heap warm``, the default: glibc keeps freed memory instead of returning it to the OS) so that neither side's
+timed calls pay first-touch page faults for fresh mappings, which otherwise come and go with unrelated allocations;
+``--heap default`` measures the allocator as it is.
 
 Identity: for every image (every event), the cluster of every original token at every stage, clusters numbered in
 score order — i.e. the same partitions in the same order — from the last timed call (float32), and from one more
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,10 +51,14 @@ import time
 from pathlib import Path
 
 import torch
-from _util import PeakMemory, load_average, machine_info, median, sync, timed
+from _util import PeakMemory, load_average, machine_info, median, release_free_memory, sync, timed
 from torch import Tensor
 
 IMPLS = ("vistok", "reference")
+# glibc malloc: serve every allocation from the heap and never give freed memory back to the OS, so that no timed call
+# pays first-touch page faults for a fresh mapping (whether a call pays them otherwise depends on unrelated earlier
+# allocations: the reference's images case moves between ~170 and ~270 ms with a 0.4 MB dummy allocation made first).
+WARM_HEAP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 CASES = ("images", "video")
 STAGES, KS = (64, 32, 16), (5, 3, 3)
 
@@ -187,6 +195,7 @@ def worker(args: argparse.Namespace) -> None:
     x = (make_images(args.seed) if case == "images" else make_video(args.seed)).to(device)
     tiny = x[:2, :40].contiguous() if case == "images" else x[:2, :20].contiguous()
     run_impl(impl, case, tiny)  # warm-up on a tiny problem: lazy initialization is not counted
+    release_free_memory()  # a warm heap would otherwise hide the first call's peak in memory freed before it
     meter = PeakMemory(device)
     meter.reset()
     run_impl(impl, case, x)
@@ -217,8 +226,11 @@ def run_worker(impl: str, case: str, args: argparse.Namespace, work: Path) -> di
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--worker-dir", str(work)]
     cmd += ["--cases", case, "--seed", str(args.seed), "--device", args.device, "--repeats", str(args.repeats)]
     cmd += ["--threads", str(args.threads)] if args.threads else []
+    env = dict(os.environ)
+    if args.heap == "warm":
+        env.update(WARM_HEAP)
     load = load_average()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return {"impl": impl, "case": case, "error": f"exit code {proc.returncode}: " + " | ".join(tail)}
@@ -249,7 +261,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(
         f"setting: stages {STAGES}, k {KS}; images: 16 × 576 tokens × 1024; video: 64 frames × 256 tokens × 1024, "
         f"4 events; seed {args.seed}, device {device}, {args.threads or torch.get_num_threads()} torch threads, "
-        f"median of {args.rounds} rounds × {args.repeats} calls\n",
+        f"median of {args.rounds} rounds × {args.repeats} calls, {args.heap} heap\n",
         flush=True,
     )
     rows = []
@@ -336,6 +348,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument(
+        "--heap",
+        choices=("warm", "default"),
+        default="warm",
+        help="warm (default): workers keep freed memory (glibc MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_), so no call "
+        "pays page faults for fresh mappings; default: the allocator's own behaviour",
+    )
     p.add_argument("--worker", choices=IMPLS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-dir", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
