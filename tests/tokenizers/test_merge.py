@@ -508,6 +508,41 @@ def _run_show(argv: list[str]) -> int:
     return args.func(args)
 
 
+def _tiny_vit(seed: int = 0):
+    from vistok.models.vit import ViT, ViTConfig
+
+    torch.manual_seed(seed)
+    return ViT(ViTConfig(image_size=32, patch_size=8, dim=16, depth=3, n_heads=2)).eval()
+
+
+def test_vit_patch_encoder_is_the_vits_hidden_state_for_images_and_videos(tmp_path):
+    vit = _tiny_vit()
+    vit.save_pretrained(tmp_path / "run" / "ssl" / "teacher")  # the layout `vistok digit fit` writes
+    enc = merge.ViTPatchEncoder(tmp_path / "run")  # a run folder: its DINO teacher
+    assert (enc.dim, enc.patch_size, enc.layer) == (16, 8, -3)
+    pixels = torch.rand(2, 3, 32, 48, generator=gen(30)) * 2 - 1
+    f = enc(pixels, batch_size=1)
+    with torch.no_grad():
+        direct = vit.patch_features(pixels, layer=-3, norm=True)  # (2, 4, 6, 16)
+    assert f.grid == (1, 4, 6) and f.tokens.shape == (2, 24, 16)
+    torch.testing.assert_close(f.tokens, direct.flatten(1, 2))
+    assert f.positions[:, 1:].tolist() == [[y, x] for y in range(4) for x in range(6)]
+    video = torch.rand(1, 3, 5, 32, 32, generator=gen(31)) * 2 - 1
+    fv = merge.ViTPatchEncoder(tmp_path / "run" / "ssl" / "teacher", layer=-1)(video)
+    assert fv.tokens.shape == (1, 5, 16, 16) and fv.grid == (5, 4, 4)
+    with torch.no_grad():
+        frame2 = vit.patch_features(video[:, :, 2], layer=-1)
+    torch.testing.assert_close(fv.tokens[0, 2], frame2.flatten(1, 2)[0])
+    odd = enc(torch.zeros(1, 3, 30, 31))  # not multiples of the patch: resized to the nearest multiple (32 × 32)
+    assert odd.grid == (1, 4, 4)
+    out = multiscale_merge(f.tokens, f.positions, stages=(8, 4), ks=(3, 3))
+    assert out.tokens.shape == (2, 12, 16)
+    with pytest.raises(FileNotFoundError, match="no vistok ViT"):
+        merge.ViTPatchEncoder(tmp_path / "missing")
+    with pytest.raises(ValueError, match="layer must be"):
+        merge.ViTPatchEncoder(vit, layer=9)
+
+
 def test_merge_show_writes_pictures_for_an_image_and_a_video(tmp_path, capsys):
     from PIL import Image
 
@@ -525,5 +560,10 @@ def test_merge_show_writes_pictures_for_an_image_and_a_video(tmp_path, capsys):
     assert _run_show(argv) == 0
     assert Image.open(tmp_path / "v.png").width > 0
     assert "2 events" in capsys.readouterr().out
+    _tiny_vit().save_pretrained(tmp_path / "vit")
+    argv = ["builtin:coffee", "--size", "64", "--stages", "8", "4", "--features", f"vit:{tmp_path / 'vit'}"]
+    assert _run_show([*argv, "--out", str(tmp_path / "vit.png")]) == 0
+    captured = capsys.readouterr()
+    assert "vistok ViT patch tokens (16-d" in captured.out + captured.err and (tmp_path / "vit.png").is_file()
     with pytest.raises(ValueError, match="--features must be"):
         _run_show(["builtin:coffee", "--features", "clip"])

@@ -11,10 +11,12 @@ from vistok.models.univi import UniVi, UniViConfig
 from vistok.train.loop import TrainConfig, Trainer
 from vistok.train.univi import (
     UniViTrainConfig,
+    _build_model,
     _run_stage,
     add_univi_parser,
     answer_questions,
     ask_file,
+    cache_features,
     normalize_answer,
     parse_reduction,
     question_type,
@@ -58,6 +60,38 @@ def test_stage1_changes_only_the_projector(tmp_path):
     changed = [k for k, v in model.projector.state_dict().items() if not torch.equal(v, proj0[k])]
     assert "fc1.weight" in changed and "fc2.weight" in changed and "pos.weight" in changed
     assert all(p.requires_grad for p in model.parameters())  # unfrozen again for the next stage
+
+
+def test_a_vistok_vit_as_the_encoder_and_the_feature_cache_follows_the_encoder(tmp_path):
+    from vistok.models.vit import ViT, ViTConfig
+
+    torch.manual_seed(0)
+    vit = ViT(ViTConfig(image_size=32, patch_size=8, dim=24, depth=2, n_heads=2))
+    vit.save_pretrained(tmp_path / "vit" / "ssl" / "teacher")  # a `vistok digit fit` run folder
+    model = _build_model(UniViTrainConfig(preset="univi-tiny", vit_encoder=str(tmp_path / "vit")))
+    assert (model.config.encoder, model.config.feature_dim) == ("vit", 24)
+    ds = Scenes(64, 3, "train", seed=0)
+    feats, grid = model.features(torch.stack([ds[i]["pixels"] for i in range(3)]))
+    assert feats.shape == (3, 64, 24) and tuple(grid) == (8, 8)  # 64² pictures, 8-pixel patches
+    assert model.visual_tokens(feats, grid, "merge").counts.tolist() == [112, 112, 112]  # 64 + 32 + 16
+    path = tmp_path / "features.pt"
+    first = cache_features(model, ds, path, progress=False)
+    torch.testing.assert_close(first["features"].float(), feats.half().float())
+
+    def no_encoder(pixels):
+        raise AssertionError("the cache should have been reused")
+
+    model.features = no_encoder
+    assert torch.equal(cache_features(model, ds, path, progress=False)["features"], first["features"])
+    other = UniVi(UniViConfig(**TINY))  # MAGVIT-v2 features: the cached ViT features must not be reused
+    again = cache_features(other, ds, path, progress=False)
+    assert again["features"].shape[-1] == other.config.feature_dim != 24
+    with pytest.raises(ValueError, match="one feature encoder"):
+        _build_model(UniViTrainConfig(vit_encoder=str(tmp_path / "vit"), hf_encoder=str(tmp_path / "hf")))
+    with pytest.raises(FileNotFoundError, match="no vistok ViT"):
+        _build_model(UniViTrainConfig(vit_encoder=str(tmp_path / "missing")))
+    with pytest.raises(ValueError, match="encoder_path"):
+        UniViConfig(encoder="vit")
 
 
 @pytest.mark.slow

@@ -92,8 +92,9 @@ class UniViConfig(PresetMixin):
     """Hyper-parameters of :class:`UniVi`.
 
     - ``encoder``: "magvit" (the shipped MAGVIT-v2 tokenizer's pre-quantization latents; ``encoder_path`` a tokenizer
-      folder/preset instead) or "hf" (``encoder_path``: a local CLIP / SigLIP / DINOv2 folder). ``feature_dim``: the
-      channels of its patch features (10 for the shipped MAGVIT-v2).
+      folder/preset instead), "vit" (``encoder_path``: a small vistok ViT folder, or a ``vistok digit fit`` run whose
+      DINO-trained ViT is used) or "hf" (``encoder_path``: a local CLIP / SigLIP / DINOv2 folder). ``feature_dim``:
+      the channels of its patch features (10 for the shipped MAGVIT-v2).
     - ``reduction``: the default visual-token reduction, one of :data:`REDUCTIONS`; ``stages`` / ``ks``: the image
       merge stages (default 64, 32, 16 = 112 tokens for 256 patches); ``video_stages``: per-event stages;
       ``frames_per_event``: K = ⌈T / frames_per_event⌉ contiguous events per clip.
@@ -136,10 +137,11 @@ class UniViConfig(PresetMixin):
             raise ValueError(f"UniViConfig.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         if self.feature_norm not in FEATURE_NORMS:
             raise ValueError(f"UniViConfig.feature_norm must be one of {FEATURE_NORMS}, got {self.feature_norm!r}")
-        if self.encoder not in ("magvit", "hf"):
-            raise ValueError(f"UniViConfig.encoder must be 'magvit' or 'hf', got {self.encoder!r}")
-        if self.encoder == "hf" and not self.encoder_path:
-            raise ValueError("UniViConfig.encoder='hf' needs encoder_path (a local Hugging Face vision model folder)")
+        if self.encoder not in ("magvit", "vit", "hf"):
+            raise ValueError(f"UniViConfig.encoder must be 'magvit', 'vit' or 'hf', got {self.encoder!r}")
+        if self.encoder in ("vit", "hf") and not self.encoder_path:
+            what = "a local Hugging Face vision model folder" if self.encoder == "hf" else "a vistok ViT folder"
+            raise ValueError(f"UniViConfig.encoder={self.encoder!r} needs encoder_path ({what})")
         self.stages, self.ks, self.video_stages = tuple(self.stages), tuple(self.ks), tuple(self.video_stages)
         if len(self.stages) != len(self.ks) or len(self.video_stages) != len(self.ks):
             raise ValueError(
@@ -473,7 +475,8 @@ class UniVi(nn.Module, PretrainedMixin):
     # -- features and visual tokens
 
     def set_encoder(self, encoder: Any) -> None:
-        """Use ``encoder`` (a loaded MAGVIT-v2 tokenizer, or an :class:`~vistok.tokenizers.merge.HFPatchEncoder`)."""
+        """Use ``encoder`` (a loaded MAGVIT-v2 tokenizer, a :class:`~vistok.tokenizers.merge.ViTPatchEncoder` or an
+        :class:`~vistok.tokenizers.merge.HFPatchEncoder`)."""
         self.__dict__["_encoder"] = encoder
 
     def encoder(self) -> Any:
@@ -483,6 +486,10 @@ class UniVi(nn.Module, PretrainedMixin):
                 from vistok.tokenizers.merge import HFPatchEncoder
 
                 self.__dict__["_encoder"] = HFPatchEncoder(self.config.encoder_path, device=self._device())
+            elif self.config.encoder == "vit":
+                from vistok.tokenizers.merge import ViTPatchEncoder
+
+                self.__dict__["_encoder"] = ViTPatchEncoder(self.config.encoder_path, device=self._device())
             else:
                 from vistok.tokenizers.api import load_tokenizer
 
@@ -501,7 +508,7 @@ class UniVi(nn.Module, PretrainedMixin):
         from vistok.tokenizers.merge import magvit_features
 
         enc = self.encoder()
-        f = enc(pixels) if self.config.encoder == "hf" else magvit_features(pixels, enc)
+        f = magvit_features(pixels, enc) if self.config.encoder == "magvit" else enc(pixels)
         if f.tokens.shape[-1] != self.config.feature_dim:
             raise ValueError(
                 f"the encoder gives {f.tokens.shape[-1]}-dim features, the model expects feature_dim="

@@ -58,7 +58,8 @@ programming in O(K·T²) (float64; ties → the earliest boundary). K = ⌈T/16�
 finds its most cosine-similar B token; the r most similar edges are merged by size-weighted averaging, with sizes
 tracked (x ← Σ s x / Σ s, s ← Σ s). Output order as in ToMe: unmerged A tokens (by decreasing similarity), then B.
 
-**Patch features**: :func:`magvit_features` (the pre-quantization latents of the MAGVIT-v2 tokenizer's encoder) and
+**Patch features**: :func:`magvit_features` (the pre-quantization latents of the MAGVIT-v2 tokenizer's encoder),
+:class:`ViTPatchEncoder` (a small vistok ViT, e.g. trained with DINO by ``vistok digit fit``) and
 :class:`HFPatchEncoder` (patch tokens of a CLIP / SigLIP / DINOv2 model loaded from a local folder).
 """
 
@@ -81,6 +82,7 @@ __all__ = [
     "MergeResult",
     "MultiScaleResult",
     "PatchFeatures",
+    "ViTPatchEncoder",
     "VideoMergeResult",
     "dpc_knn",
     "magvit_features",
@@ -1126,3 +1128,59 @@ class HFPatchEncoder:
             hidden = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
             outs.append(hidden[:, hidden.shape[1] - g * g :].float().cpu())
         return _features(torch.cat(outs), b, t, g, g)
+
+
+def _vit_folder(path: str | os.PathLike) -> str:
+    """A folder holding a saved vistok ViT, or a ``vistok digit fit`` run folder (its DINO teacher, ``ssl/teacher``)."""
+    root = os.fspath(path)
+    for folder in (root, os.path.join(root, "ssl", "teacher")):
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            return folder
+    raise FileNotFoundError(
+        f"no vistok ViT in {root}: expected config.json + model.safetensors (ViT.save_pretrained) or a "
+        "`vistok digit fit` run folder (its ssl/teacher)"
+    )
+
+
+class ViTPatchEncoder:
+    """Patch tokens of a small vistok :class:`~vistok.models.vit.ViT` — e.g. the one ``vistok digit fit`` trains with
+    DINO on the built-in photos (``OUT/ssl/teacher``; the run folder ``OUT`` itself is accepted too).
+
+    ``vit``: a ViT module or a folder written by ``save_pretrained``. Pixels in [−1, 1] (what vistok's ViTs are trained
+    on) are used at their own size when it is a multiple of the patch size, else resized (bicubic) to the nearest
+    multiple; other sizes than the training one interpolate the position embedding. ``layer``: the hidden state, after
+    the final LayerNorm when ``norm`` (default −3, the third block from the end, as DiGIT reads it); ``[CLS]`` dropped.
+    """
+
+    def __init__(self, vit: Any, device: str | torch.device | None = None, layer: int = -3, norm: bool = True) -> None:
+        from vistok.models.vit import ViT
+
+        if not isinstance(vit, ViT):
+            folder = _vit_folder(vit)
+            try:
+                vit = ViT.from_pretrained(folder, map_location=device or "cpu")
+            except (TypeError, ValueError, KeyError) as e:
+                raise ValueError(f"{folder} does not hold a vistok ViT: {e}") from e
+        elif device is not None:
+            vit = vit.to(device)
+        vit._index(layer)  # validates the layer
+        self.vit = vit.eval().requires_grad_(False)
+        self.layer, self.norm = int(layer), bool(norm)
+        self.patch_size, self.dim = vit.config.patch_size, vit.config.dim
+
+    @torch.inference_mode()
+    def __call__(self, pixels: Tensor, batch_size: int = 16) -> PatchFeatures:
+        frames, b, t = _as_frames(pixels)
+        p = self.patch_size
+        h, w = frames.shape[2:]
+        gh, gw = max(1, round(h / p)), max(1, round(w / p))
+        x = frames.float()
+        if (gh * p, gw * p) != (h, w):
+            x = F.interpolate(x, size=(gh * p, gw * p), mode="bicubic", align_corners=False, antialias=True)
+            x = x.clamp(-1, 1)
+        weight = self.vit.pos_embed
+        outs = [
+            self.vit.patch_features(chunk.to(weight.device, weight.dtype), self.layer, self.norm).float().cpu()
+            for chunk in x.split(batch_size)
+        ]
+        return _features(torch.cat(outs).flatten(1, 2), b, t, gh, gw)

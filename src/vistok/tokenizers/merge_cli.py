@@ -7,7 +7,9 @@ coloured bar per event (events are contiguous frame ranges), then one row per ev
 of the event's frames with the cluster map — a cluster spans frames, so one colour across frames is one token.
 
 Patch features come from the MAGVIT-v2 encoder's latents (``--features magvit``, the shipped tokenizer or
-``--model DIR``) or a Hugging Face vision model in a local folder (``--features hf:/path/to/dinov2``).
+``--model DIR``), a small vistok ViT (``--features vit:runs/digit``: the ViT ``vistok digit fit`` trained with DINO,
+or any folder written by ``ViT.save_pretrained``) or a Hugging Face vision model in a local folder
+(``--features hf:/path/to/dinov2``).
 """
 
 from __future__ import annotations
@@ -203,7 +205,10 @@ def _encoder(spec: str, model: str | None, device: str | None) -> tuple[Callable
     if spec.startswith("hf:"):
         enc = merge.HFPatchEncoder(spec[3:], device=device)
         return enc, f"{type(enc.model).__name__} patch tokens from {spec[3:]}"
-    raise ValueError(f"--features must be 'magvit' or 'hf:/path/to/model', got {spec!r}")
+    if spec.startswith("vit:"):
+        vit = merge.ViTPatchEncoder(spec[4:], device=device)
+        return vit, f"vistok ViT patch tokens ({vit.dim}-d, hidden state {vit.layer}) from {spec[4:]}"
+    raise ValueError(f"--features must be 'magvit', 'vit:/path/to/vit' or 'hf:/path/to/model', got {spec!r}")
 
 
 def _log(quiet: bool, text: str) -> None:
@@ -312,7 +317,10 @@ def add_merge_parser(subparsers) -> None:
     p.add_argument("--stages", type=int, nargs="+", default=[64, 32, 16], help="clusters per stage (default 64 32 16)")
     p.add_argument("--ks", type=int, nargs="+", default=None, help="neighbours per stage (default 5 3 3)")
     p.add_argument(
-        "--features", default="magvit", help="'magvit' (default) or 'hf:/path' (a local CLIP/SigLIP/DINOv2 folder)"
+        "--features",
+        default="magvit",
+        help="'magvit' (default), 'vit:/path' (a vistok ViT folder or a `vistok digit fit` run) or 'hf:/path' "
+        "(a local CLIP/SigLIP/DINOv2 folder)",
     )
     p.add_argument("--model", default=None, metavar="DIR", help="MAGVIT tokenizer folder or preset (default: shipped)")
     p.add_argument("--size", type=int, default=None, help="resize + centre-crop to S×S (default 256, video 128)")

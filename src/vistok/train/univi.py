@@ -99,6 +99,7 @@ class UniViTrainConfig:
     preset: str = "univi-tiny"
     encoder_path: str | None = None  # a MAGVIT-v2 tokenizer folder/preset (default: the shipped one)
     hf_encoder: str | None = None  # a local HF vision model folder instead of MAGVIT-v2 (its feature dim is used)
+    vit_encoder: str | None = None  # a vistok ViT folder (or a `vistok digit fit` run) instead of MAGVIT-v2
     llm: str | None = None  # a local HF LlamaForCausalLM folder as the language model (its tokenizer.json if any)
     image_size: int = 128
     video_size: int = 64
@@ -196,6 +197,19 @@ def _dataset(kind: str, split: str, config: UniViTrainConfig, length: int):
     return SceneVideos(config.frames, config.video_size, length, split, seed=config.seed)
 
 
+def _encoder_key(model: UniVi) -> list[Any]:
+    """What identifies the frozen encoder's features: kind, folder and its weight files' sizes and times (a run
+    folder reused with another encoder, or an encoder retrained in place, recomputes the cache)."""
+    c = model.config
+    key: list[Any] = [c.encoder, c.feature_dim]
+    if c.encoder_path:
+        root = Path(c.encoder_path)
+        key.append(str(root.resolve()) if root.exists() else c.encoder_path)
+        files = sorted(root.rglob("*.safetensors")) if root.is_dir() else []
+        key += [[f.relative_to(root).as_posix(), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return key
+
+
 def cache_features(
     model: UniVi, dataset: Any, path: str | os.PathLike, batch_size: int = 32, progress: bool = True
 ) -> dict[str, Any]:
@@ -204,6 +218,7 @@ def cache_features(
     path = Path(path)
     key = {"format": FEATURES_FORMAT, "kind": dataset.kind, "split": dataset.split, "length": len(dataset)}
     key["size"] = list(dataset.size) + ([dataset.num_frames] if dataset.kind == "video" else [])
+    key["encoder"] = _encoder_key(model)
     if path.is_file():
         data = torch.load(path, weights_only=True)
         if data.get("key") == key:
@@ -542,12 +557,19 @@ def _build_model(config: UniViTrainConfig) -> UniVi:
     enc = None
     if config.encoder_path:
         overrides["encoder_path"] = config.encoder_path
+    if config.hf_encoder and config.vit_encoder:
+        raise ValueError("give one feature encoder: hf_encoder or vit_encoder, not both")
     if config.hf_encoder:
         from vistok.tokenizers.merge import HFPatchEncoder
 
         enc = HFPatchEncoder(config.hf_encoder)
         dim = int(enc(torch.zeros(1, 3, 32, 32)).tokens.shape[-1])
         overrides |= {"encoder": "hf", "encoder_path": config.hf_encoder, "feature_dim": dim}
+    if config.vit_encoder:
+        from vistok.tokenizers.merge import ViTPatchEncoder
+
+        enc = ViTPatchEncoder(config.vit_encoder)
+        overrides |= {"encoder": "vit", "encoder_path": config.vit_encoder, "feature_dim": enc.dim}
     model = create_model(config.preset, **overrides)
     if not isinstance(model, UniVi):
         raise ValueError(f"preset {config.preset!r} is not a UniVi model (try univi-tiny)")
@@ -724,6 +746,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         preset=args.preset,
         encoder_path=args.tokenizer,
         hf_encoder=args.hf_encoder,
+        vit_encoder=args.vit_encoder,
         llm=args.llm,
         image_size=args.image_size,
         video_size=args.video_size,
@@ -782,6 +805,12 @@ def add_univi_parser(subparsers: Any) -> None:
     p.add_argument("--preset", default="univi-tiny", help="model preset (univi-tiny, univi-small)")
     p.add_argument("--tokenizer", default=None, help="MAGVIT-v2 tokenizer folder/preset (default: the shipped one)")
     p.add_argument("--hf-encoder", default=None, help="a local HF CLIP/SigLIP/DINOv2 folder instead of MAGVIT-v2")
+    p.add_argument(
+        "--vit-encoder",
+        default=None,
+        metavar="DIR",
+        help="a vistok ViT folder, or a `vistok digit fit` run (its DINO-trained ViT), instead of MAGVIT-v2",
+    )
     p.add_argument(
         "--llm",
         default=None,
