@@ -564,12 +564,12 @@ def _build_model(config: UniViTrainConfig) -> UniVi:
 
         enc = HFPatchEncoder(config.hf_encoder)
         dim = int(enc(torch.zeros(1, 3, 32, 32)).tokens.shape[-1])
-        overrides |= {"encoder": "hf", "encoder_path": config.hf_encoder, "feature_dim": dim}
+        overrides |= {"encoder": "hf", "encoder_path": str(Path(config.hf_encoder).resolve()), "feature_dim": dim}
     if config.vit_encoder:
         from vistok.tokenizers.merge import ViTPatchEncoder
 
         enc = ViTPatchEncoder(config.vit_encoder)
-        overrides |= {"encoder": "vit", "encoder_path": config.vit_encoder, "feature_dim": enc.dim}
+        overrides |= {"encoder": "vit", "encoder_path": str(Path(config.vit_encoder).resolve()), "feature_dim": enc.dim}
     model = create_model(config.preset, **overrides)
     if not isinstance(model, UniVi):
         raise ValueError(f"preset {config.preset!r} is not a UniVi model (try univi-tiny)")
