@@ -1144,7 +1144,8 @@ def _vit_folder(path: str | os.PathLike) -> str:
 
 class ViTPatchEncoder:
     """Patch tokens of a small vistok :class:`~vistok.models.vit.ViT` — e.g. the one ``vistok digit fit`` trains with
-    DINO on the built-in photos (``OUT/ssl/teacher``; the run folder ``OUT`` itself is accepted too).
+    DINO on the built-in photos (``OUT/ssl/teacher``; the run folder ``OUT`` itself is accepted too) — read by DiGIT's
+    :class:`~vistok.tokenizers.digit.ViTFeatureEncoder`.
 
     ``vit``: a ViT module or a folder written by ``save_pretrained``. Pixels in [−1, 1] (what vistok's ViTs are trained
     on) are used at their own size when it is a multiple of the patch size, else resized (bicubic) to the nearest
@@ -1154,6 +1155,7 @@ class ViTPatchEncoder:
 
     def __init__(self, vit: Any, device: str | torch.device | None = None, layer: int = -3, norm: bool = True) -> None:
         from vistok.models.vit import ViT
+        from vistok.tokenizers.digit import ViTFeatureEncoder
 
         if not isinstance(vit, ViT):
             folder = _vit_folder(vit)
@@ -1163,12 +1165,9 @@ class ViTPatchEncoder:
                 raise ValueError(f"{folder} does not hold a vistok ViT: {e}") from e
         elif device is not None:
             vit = vit.to(device)
-        vit._index(layer)  # validates the layer
-        self.vit = vit.eval().requires_grad_(False)
-        self.layer, self.norm = int(layer), bool(norm)
-        self.patch_size, self.dim = vit.config.patch_size, vit.config.dim
+        self.encoder = ViTFeatureEncoder(vit, layer, norm)
+        self.layer, self.patch_size, self.dim = self.encoder.layer, self.encoder.patch_size, self.encoder.dim
 
-    @torch.inference_mode()
     def __call__(self, pixels: Tensor, batch_size: int = 16) -> PatchFeatures:
         frames, b, t = _as_frames(pixels)
         p = self.patch_size
@@ -1178,9 +1177,5 @@ class ViTPatchEncoder:
         if (gh * p, gw * p) != (h, w):
             x = F.interpolate(x, size=(gh * p, gw * p), mode="bicubic", align_corners=False, antialias=True)
             x = x.clamp(-1, 1)
-        weight = self.vit.pos_embed
-        outs = [
-            self.vit.patch_features(chunk.to(weight.device, weight.dtype), self.layer, self.norm).float().cpu()
-            for chunk in x.split(batch_size)
-        ]
-        return _features(torch.cat(outs).flatten(1, 2), b, t, gh, gw)
+        z = torch.cat([self.encoder.features(chunk).cpu() for chunk in x.split(batch_size)])  # (B·T, h, w, C)
+        return _features(z.flatten(1, 2), b, t, gh, gw)
