@@ -8,6 +8,7 @@ float tensors, Python loops over samples and events. Same seeded inputs; time, p
     python benchmarks/bench_merge.py --cases images --repeats 3
     python benchmarks/bench_merge.py --threads 1            # on a CPU shared with other jobs
     python benchmarks/bench_merge.py --device cuda --json merge.json
+    python benchmarks/bench_merge.py --device cuda --cases video --profile 15   # where each side's time goes
 
 Cases (inputs: seeded synthetic patch features shaped like CLIP ViT-L/14 ones — each sample's tokens scattered
 around 40 random "object" centres, N(0, 1) noise, C = 1024 channels — so that clusters exist and there are no exact
@@ -213,6 +214,8 @@ def worker(args: argparse.Namespace) -> None:
     times = timed(call, args.repeats, device, warmup=0)
     record = {"impl": impl, "case": case, "peak_bytes": peak, "peak_exact": meter.exact, "times_s": times}
     record["cpu_times_s"] = cpu_times
+    if args.profile:
+        record["profile"] = profile_call(impl, case, x, device, args.profile)
     out = Path(args.worker_dir)
     (out / f"{impl}-{case}.json").write_text(json.dumps(record))
     maps = {
@@ -222,10 +225,35 @@ def worker(args: argparse.Namespace) -> None:
     torch.save(maps, out / f"{impl}-{case}.pt")
 
 
+def profile_call(impl: str, case: str, x: Tensor, device: torch.device, rows: int) -> str:
+    """One more call under ``torch.profiler``: the ``rows`` ops with the most self time (device time on CUDA), how
+    many ops ran, and on CUDA how many times the host waited for the device (synchronizing calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    syncs = 0
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("warn")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, profile(activities=activities) as prof:
+        warnings.simplefilter("always")
+        run_impl(impl, case, x)
+        sync(device)
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("default")
+        syncs = sum("synchroniz" in str(w.message) for w in caught)
+    events = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    head = f"{sum(e.count for e in events)} ops" + (f", {syncs} synchronizing calls" if device.type == "cuda" else "")
+    return head + "\n" + events.table(sort_by=key, row_limit=rows)
+
+
 def run_worker(impl: str, case: str, args: argparse.Namespace, work: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--worker-dir", str(work)]
     cmd += ["--cases", case, "--seed", str(args.seed), "--device", args.device, "--repeats", str(args.repeats)]
     cmd += ["--threads", str(args.threads)] if args.threads else []
+    cmd += ["--profile", str(args.profile)] if args.profile else []
     env = dict(os.environ)
     if args.heap == "warm":
         env.update(WARM_HEAP)
@@ -282,6 +310,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                         f"(load average before: {load})",
                         flush=True,
                     )
+                    if r == 0 and record.get("profile"):
+                        print(f"\n  profile of one {case} call, {impl}: {record['profile']}", flush=True)
                     merged = row.setdefault(impl, {"times_s": [], "cpu_times_s": [], "peak_bytes": []})
                     if "error" not in merged:
                         merged["times_s"] += record["times_s"]
@@ -348,6 +378,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="after timing, profile one more call per side (first round) and print its ROWS costliest ops",
+    )
     p.add_argument(
         "--heap",
         choices=("warm", "default"),
