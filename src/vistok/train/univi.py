@@ -124,7 +124,7 @@ class UniViTrainConfig:
     stage0_qa: float = 0.0
     projector_lr_scale: float = 1.0  # stage 2: the projector's learning rate = this × lr2 (the LM's)
     reductions: tuple[str, ...] = ("merge", "pool", "all", "merge:56", "pool:56")
-    eval_reductions: tuple[str, ...] = ("all", "merge", "pool", "merge:56", "pool:56")
+    eval_reductions: tuple[str, ...] = ("all", "merge", "pool", "merge:56", "pool:56", "merge:14", "pool:14")
     log_every: int = 20
     ckpt_every: int = 200
     seed: int = 0
@@ -845,7 +845,7 @@ def add_univi_parser(subparsers: Any) -> None:
     p.add_argument("--eval-videos", type=int, default=48)
     p.add_argument("--eval-questions", type=int, default=8, help="questions per held-out item (default 8)")
     p.add_argument("--reductions", default="merge,pool,all,merge:56,pool:56", help="stage-2 reductions (mixed)")
-    p.add_argument("--eval-reductions", default="all,merge,pool,merge:56,pool:56")
+    p.add_argument("--eval-reductions", default="all,merge,pool,merge:56,pool:56,merge:14,pool:14")
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
