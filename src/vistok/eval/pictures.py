@@ -90,12 +90,14 @@ def line_plot(
     logy: bool = False,
     hlines: Mapping[str, float] | None = None,
 ) -> Path:
-    """Plot named (x, y) series (markers + lines) and optional labelled horizontal reference lines to a PNG."""
+    """Plot named (x, y) series (markers + lines) and optional labelled horizontal reference lines to a PNG (the legend
+    goes beside the axes when it has more than 6 entries, so that it hides no point)."""
     matplotlib = require("matplotlib", "plots", "plots")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    beside = len(series) + len(hlines or {}) > 6
+    fig, ax = plt.subplots(figsize=(8.0 if beside else 5.5, 3.6), dpi=110)
     try:
         for name, (xs, ys) in series.items():
             ax.plot(list(xs), list(ys), marker="o", label=name)
@@ -105,7 +107,10 @@ def line_plot(
             ax.set_yscale("log")
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if beside:
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        else:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
