@@ -12,7 +12,7 @@ import torch
 
 from vistok._optional import MissingDependencyError
 from vistok.quantizers.base import QuantizerOutput
-from vistok.quantizers.kmeans import KMEANS_PRESETS, KMeans, KMeansConfig, _kmeans_plus_plus, _Reservoir
+from vistok.quantizers.kmeans import KMEANS_PRESETS, KMeans, KMeansConfig, _chunk_rows, _kmeans_plus_plus, _Reservoir
 
 
 def _blobs(k: int = 8, d: int = 16, n_per: int = 250, spread: float = 8.0, seed: int = 0):
@@ -228,6 +228,17 @@ def test_same_seed_same_result_other_seed_differs():
     c = KMeans(16, 8).fit(x, n_iter=5, seed=5)
     assert not torch.allclose(a.centroids, c.centroids)
     assert c.config.seed == 5 and c.config.n_iter == 5  # fit overrides are recorded in the config
+
+
+def test_default_chunks_stay_small_and_the_chunking_does_not_change_the_fit():
+    # scores (K per row) and feature rows (D per row) both bounded: small K no longer means 65k-row chunks
+    assert [_chunk_rows(k, d) for k, d in ((64, 256), (1024, 256), (4096, 256), (16, 8192))] == [4096, 4096, 1024, 256]
+    x = _uniform()
+    init = x[:16].clone()
+    a = KMeans(16, 8).fit(x, init=init, n_iter=6, tol=0)
+    b = KMeans(16, 8).fit(x, init=init, n_iter=6, tol=0, chunk_size=37)
+    torch.testing.assert_close(a.centroids, b.centroids, rtol=1e-6, atol=1e-6)
+    assert torch.equal(a.counts, b.counts) and a.inertia_ == pytest.approx(b.inertia_, rel=1e-9)
 
 
 def test_assign_matches_brute_force_argmin():
