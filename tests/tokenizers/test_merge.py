@@ -204,7 +204,7 @@ def test_other_panel_sizes_give_the_same_clusters(monkeypatch, tile):
     valid = torch.ones(3, x.shape[1], dtype=torch.bool)
     valid[2, 100:] = False
     ref = dpc_knn(x, 20, 5, valid)
-    monkeypatch.setattr(merge, "_panel_tile", lambda device: tile)
+    monkeypatch.setattr(merge, "_plan_for", lambda device: merge.CPU_PLAN._replace(tile=tile))
     for out in (dpc_knn(x, 20, 5, valid), dpc_knn(x, 20, 5, valid, low_memory=True)):
         assert torch.equal(out.centers, ref.centers) and torch.equal(out.assignment, ref.assignment)
         torch.testing.assert_close(out.tokens, ref.tokens, rtol=1e-12, atol=1e-12)
@@ -372,6 +372,69 @@ def test_video_batch_with_padded_frames_and_growth_with_length():
     assert bool((res.assignments[1, :, 20:] == -1).all())
     alone = video_events(x[1:, :20], stages=(6, 3), ks=(3, 3))
     torch.testing.assert_close(alone.tokens[0], res.tokens[1, :18])
+
+
+def scalar_reads(fn) -> int:
+    """How many times ``fn`` reads a tensor's value into Python (``int(t)``, ``bool(t)``, ``.item()``, ``torch.equal``):
+    on a GPU each such read makes the host wait for every kernel launched before it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = {
+        torch.ops.aten._local_scalar_dense.default,
+        torch.ops.aten.is_nonzero.default,
+        torch.ops.aten.equal.default,
+    }
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func in reads
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+@pytest.mark.parametrize("tile", [128, merge.GPU_TILE])
+def test_gpu_plan_gives_the_same_results(monkeypatch, tile):
+    """The GPU plan (large panels, sync-free passes: every row searches its whole row for δ, padding masked without
+    asking) run here on the CPU gives bitwise the results of the CPU plan, for images and for videos."""
+    x = clustered(3, 2 * TILE + 45, 8, seed=21)
+    valid = torch.ones(3, x.shape[1], dtype=torch.bool)
+    valid[1, 70:], valid[2, 5:9] = False, False
+    video = torch.randn(3, 23, 12, 5, generator=gen(22), dtype=torch.float64)
+    frames = torch.arange(23)[None] < torch.tensor([23, 9, 17])[:, None]
+    calls = [
+        lambda: dpc_knn(x, 20, 5, valid),
+        lambda: dpc_knn(x, 20, 5, valid, low_memory=True),
+        lambda: multiscale_merge(x, valid=valid, size_weighted=True),
+        lambda: video_events(video, frame_valid=frames, stages=(10, 5), ks=(3, 3)),
+        lambda: video_events(video, "auto", frame_valid=frames, stages=(6, 3), ks=(3, 3), size_weighted=True),
+    ]
+    expected = [call() for call in calls]
+    monkeypatch.setattr(merge, "_plan_for", lambda device: merge.GPU_PLAN._replace(tile=tile))
+    for call, ref in zip(calls, expected):
+        out = call()
+        for name, a, b in zip(ref._fields, out, ref):
+            for u, v in zip(a if name == "events" else [a], b if name == "events" else [b]):
+                assert u.dtype == v.dtype and torch.equal(u, v), name
+
+
+def test_gpu_plan_reads_one_value_per_call(monkeypatch):
+    """Under the GPU plan the stages never make the host wait: the only value read is the input's finiteness check
+    (the CPU plan reads more, to skip work)."""
+    x = clustered(2, 150, 6, seed=23, dtype=torch.float32)
+    valid = torch.ones(2, 150, dtype=torch.bool)
+    valid[1, 99:] = False
+    video = torch.randn(2, 20, 9, 4, generator=gen(24))
+    frames = torch.arange(20)[None] < torch.tensor([20, 14])[:, None]
+    cpu = scalar_reads(lambda: multiscale_merge(x, valid=valid))
+    monkeypatch.setattr(merge, "_plan_for", lambda device: merge.GPU_PLAN)
+    assert scalar_reads(lambda: dpc_knn(x, 16, 5, valid)) == 1
+    assert scalar_reads(lambda: multiscale_merge(x, valid=valid)) == 1 < cpu
+    assert scalar_reads(lambda: video_events(video, frame_valid=frames, stages=(6, 3), ks=(3, 3))) == 1
 
 
 # ----------------------------------------------------------------------------------------------- ToMe, pooling

@@ -36,6 +36,11 @@ size-weighted mean Σ w_n x_n / Σ w_n when token sizes w are given. :func:`dpc_
   the very same panel GEMMs, so they give bitwise the same distances and clusters. Padding does not change a real
   token's distances either, as long as the GEMM computes an output element the same way whatever the matrix width
   (true for the CPU BLAS here; the tests check padded batch = samples alone).
+- **Devices.** On a GPU, where kernel launches rather than arithmetic bound these sizes, panels are larger (1,024
+  rows), and the stages never read a device value on the host (which would make it wait for every queued kernel):
+  padding is masked without asking whether there is any, and every token searches its whole row for δ instead of
+  only the counted density peaks. The one read per call is the check that the input is finite. The GPU plan gives
+  bitwise the CPU plan's clusters (tested on the CPU).
 - Clustering runs in float32 (float64 for float64 input); half/bfloat16 tokens are upcast. Densities underflow to 0
   when mean d² ≳ 100 (as in the paper's formula); scale such features first.
 
@@ -271,12 +276,13 @@ def _work_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _masked(x: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
-    """x in ``dtype`` with padding zeroed (so garbage or NaN there is never read); non-finite valid tokens raise."""
+def _masked(x: Tensor, valid: Tensor, dtype: torch.dtype, check: bool = True) -> Tensor:
+    """x in ``dtype`` with padding zeroed (so garbage or NaN there is never read); non-finite valid tokens raise
+    (``check``). On a GPU the padding is zeroed without asking whether there is any (no host sync)."""
     x = x.to(dtype)
-    if not bool(valid.all()):
+    if _plan_for(x.device).sync_free or not bool(valid.all()):
         x = x.masked_fill(~valid[..., None], 0)
-    if not torch.isfinite(x.sum()) and not bool(torch.isfinite(x).all()):  # cheap test first (a sum may overflow)
+    if check and not torch.isfinite(x.sum()) and not bool(torch.isfinite(x).all()):  # a sum may overflow: look again
         raise ValueError("tokens contain NaN or infinite values")
     return x
 
@@ -284,8 +290,22 @@ def _masked(x: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
 # ----------------------------------------------------------------------------------------------- distances
 
 
-def _panel_tile(device: torch.device) -> int:
-    return CPU_TILE if device.type == "cpu" else GPU_TILE
+class _Plan(NamedTuple):
+    """How the clustering runs on a kind of device (the results are the same under every plan)."""
+
+    tile: int  # rows per distance panel
+    group_bytes: int  # distance matrices held at once, per group of samples
+    block_bytes: int  # elementwise work on a held matrix, per row block
+    sync_free: bool  # never read device values on the host inside a stage: on a GPU every such read stalls the
+    # queue of kernel launches, which dominate at these sizes; on a CPU a read is free and lets work be skipped
+
+
+CPU_PLAN = _Plan(CPU_TILE, 2**24, 2**21, False)  # panels and row blocks in cache; groups of 16 MiB of matrices
+GPU_PLAN = _Plan(GPU_TILE, 2**28, 2**28, True)  # few large kernels; 256 MiB of matrices per group
+
+
+def _plan_for(device: torch.device) -> _Plan:
+    return CPU_PLAN if device.type == "cpu" else GPU_PLAN
 
 
 class _Panels:
@@ -301,12 +321,12 @@ class _Panels:
     stay in cache); larger on a GPU (:data:`GPU_TILE`), where each panel costs a handful of kernel launches.
     """
 
-    def __init__(self, x: Tensor, valid: Tensor, tile: int = TILE) -> None:
+    def __init__(self, x: Tensor, valid: Tensor, tile: int = TILE, sync_free: bool = False) -> None:
         self.x, self.valid = x, valid
         b, n, _ = x.shape
         self.n = n
         self.bounds = [(s, min(s + tile, n)) for s in range(0, n, tile)]
-        self.padded = not bool(valid.all())
+        self.padded = sync_free or not bool(valid.all())  # sync-free: mask every panel rather than ask
         self.sq = x.new_zeros(b, n)
         self._known = False  # are the squared norms computed?
         self._upper: dict[int, Tensor] = {}
@@ -378,12 +398,29 @@ def _densities_held(d: Tensor, k: int, c: int, rows: int) -> tuple[Tensor, Tenso
 
 
 def _deltas_held(
-    d: Tensor, rank: Tensor, densest: Tensor, c: int, rows: int, near: Tensor, near_idx: Tensor, valid: Tensor
+    d: Tensor,
+    rank: Tensor,
+    densest: Tensor,
+    c: int,
+    rows: int,
+    near: Tensor,
+    near_idx: Tensor,
+    valid: Tensor,
+    sync_free: bool = False,
 ) -> Tensor:
     """δ from the kNN lists where possible: if one of a token's k nearest neighbours is denser, the nearest of those
     is its nearest denser token overall (every other token is at least as far as the k-th neighbour), so
-    δ² = that neighbour's d². Only the rest — local density peaks — search their whole row."""
+    δ² = that neighbour's d². Only the rest — local density peaks — search their whole row. ``sync_free``: every
+    row searches its whole row instead (one masked minimum over the matrix; the same values, as a minimum is exact),
+    since counting the peaks would make the host wait for the device."""
     b, n = rank.shape
+    if sync_free:
+        best = torch.cat(
+            [torch.where(rank[:, None, :] < rank[:, r, None], d[:, r], math.inf).amin(2) for r in _row_blocks(n, rows)],
+            1,
+        )
+        top = _finite_max(d.gather(1, densest.view(-1, 1, 1).expand(-1, 1, n))[:, 0], 1)
+        return torch.sqrt(best.scatter_(1, densest[:, None], top.clamp_min(0)[:, None]) / c)
     denser = (rank.gather(1, near_idx.flatten(1)).view_as(near_idx) < rank[..., None]) & torch.isfinite(near)
     found = denser.any(-1)
     first = denser.to(torch.uint8).argmax(-1, keepdim=True)  # the first denser neighbour (ascending distance)
@@ -469,10 +506,10 @@ def _cluster_group(
 ) -> tuple[Tensor, Tensor]:
     """Centres (B, m; −1 in invalid slots) and assignment (B, Np) of padded tokens x (B, Np, C)."""
     b, n, c = x.shape
-    gpu = x.device.type != "cpu"
-    panels = _Panels(x, valid, _panel_tile(x.device))
+    plan = _plan_for(x.device)
+    panels = _Panels(x, valid, plan.tile, plan.sync_free)
     d = panels.matrix(buffer) if hold else None
-    rows = max(1, BLOCK_BYTES[gpu] // (b * n * x.element_size()))
+    rows = max(1, plan.block_bytes // (b * n * x.element_size()))
     if hold:
         rho, near, near_idx = _densities_held(d, k, c, rows)
     else:
@@ -484,7 +521,7 @@ def _cluster_group(
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=x.device).expand_as(order))
     densest = order[:, 0]
     if hold:
-        delta = _deltas_held(d, rank, densest, c, rows, near, near_idx, valid)
+        delta = _deltas_held(d, rank, densest, c, rows, near, near_idx, valid, plan.sync_free)
     else:
         delta = _deltas_streamed(panels, rank, densest, c)
     score = (rho * delta).masked_fill(~valid, -math.inf)
@@ -497,16 +534,11 @@ def _cluster_group(
     return centers, assign
 
 
-GROUP_BYTES = {"cpu": 2**24, "cuda": 2**28}  # matrices per group of samples: 16 MiB on CPU, 256 MiB on GPU
-# elementwise work on a held matrix in row blocks of about 2 MiB on CPU (in cache) and 256 MiB on a GPU (few launches)
-BLOCK_BYTES = {False: 2**21, True: 2**28}
-
-
 def _plan(b: int, n: int, itemsize: int, max_bytes: int, low_memory: bool, device: torch.device) -> tuple[int, bool]:
     """(samples per group, hold the matrix?)."""
     per_sample = n * n * itemsize
     hold = not low_memory and per_sample <= max_bytes
-    group_bytes = min(GROUP_BYTES.get(device.type, GROUP_BYTES["cuda"]), max_bytes)
+    group_bytes = min(_plan_for(device).group_bytes, max_bytes)
     return (max(1, min(b, group_bytes // per_sample)) if hold else 1), hold
 
 
@@ -552,7 +584,24 @@ def dpc_knn(
     b, n, _ = x.shape
     valid = _check_valid(valid, b, n, x.device)
     sizes = _check_sizes(sizes, valid)
-    xw = _masked(x, valid, _work_dtype(x))
+    return _dpc_knn(x, m, k, valid, sizes, jitter, seed, max_bytes, low_memory, checked=False)
+
+
+def _dpc_knn(
+    x: Tensor,
+    m: int,
+    k: int,
+    valid: Tensor,
+    sizes: Tensor | None,
+    jitter: float = 0.0,
+    seed: int = 0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    low_memory: bool = False,
+    checked: bool = False,
+) -> MergeResult:
+    """:func:`dpc_knn` of checked arguments; ``checked``: x is known to be finite (a later stage's merged tokens)."""
+    b, n, _ = x.shape
+    xw = _masked(x, valid, _work_dtype(x), check=not checked)
     np_ = -(-max(n, 1) // TILE) * TILE
     xp, vp = (F.pad(xw, (0, 0, 0, np_ - n)), F.pad(valid, (0, np_ - n), value=False)) if np_ > n else (xw, valid)
     noise = None
@@ -568,7 +617,8 @@ def dpc_knn(
         cen, asg = _cluster_group(xp[sl], vp[sl], m, k, hold, None if noise is None else noise[sl], buffer)
         centers.append(cen)
         assign.append(asg[:, :n])
-    return _merge_tokens(xw, valid, torch.cat(assign), torch.cat(centers), sizes, x.dtype)
+    assign_all, centers_all = (assign[0], centers[0]) if len(assign) == 1 else (torch.cat(assign), torch.cat(centers))
+    return _merge_tokens(xw, valid, assign_all, centers_all, sizes, x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------- positions, order
@@ -660,8 +710,12 @@ def multiscale_merge(
     orig = torch.arange(n, device=x.device).expand(b, n).masked_fill(~valid, -1)
     cur, cur_valid, cur_sizes = x, valid, (w0 if sizes is not None or size_weighted else None)
     outs, offset = [], 0
-    for m, k in zip(stages, ks):
-        r = dpc_knn(cur, m, k, cur_valid, cur_sizes if (size_weighted or cur is x) else None, **dpc)
+    opts = {key: dpc.pop(key) for key in ("jitter", "seed", "max_bytes", "low_memory") if key in dpc}
+    if dpc:
+        raise TypeError(f"multiscale_merge got unexpected keyword arguments {sorted(dpc)}")
+    for s, (m, k) in enumerate(zip(stages, ks)):
+        # later stages cluster merged tokens: finite means of valid tokens with positive sizes (nothing to check)
+        r = _dpc_knn(cur, m, k, cur_valid, cur_sizes if (size_weighted or cur is x) else None, **opts, checked=s > 0)
         orig = r.assignment.gather(1, orig.clamp_min(0)).masked_fill(orig < 0, -1)
         idx = orig.clamp_min(0)
         count = w0.new_zeros(b, m).scatter_add_(1, idx, w0)
@@ -670,7 +724,7 @@ def multiscale_merge(
         outs.append((r.tokens, r.valid, centroid, count, orig.masked_fill(orig < 0, -1 - offset) + offset))
         cur, cur_valid, cur_sizes = r.tokens, r.valid, count if size_weighted else None
         offset += m
-    stage = torch.cat([torch.full((m,), s, dtype=torch.long, device=x.device) for s, m in enumerate(stages)])
+    stage = torch.tensor([s for s, m in enumerate(stages) for _ in range(m)], dtype=torch.long, device=x.device)
     tokens, valids, cents, counts, assigns = zip(*outs)
     return MultiScaleResult(
         torch.cat(tokens, 1),
@@ -685,14 +739,19 @@ def multiscale_merge(
 # ----------------------------------------------------------------------------------------------- video events
 
 
-def _frame_valid(valid: Tensor | None, b: int, t: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(valid (B, T), lengths (B,)); valid frames must be a prefix of each video."""
+def _frame_valid(valid: Tensor | None, b: int, t: int, device: torch.device) -> tuple[Tensor, Tensor, list[int]]:
+    """(valid (B, T), lengths (B,), lengths as ints); valid frames must be a prefix of each video, of ≥ 1 frame."""
+    if valid is None:
+        return torch.ones(b, t, dtype=torch.bool, device=device), torch.full((b,), t, device=device), [t] * b
     valid = _check_valid(valid, b, t, device)
     lengths = valid.sum(1)
     prefix = torch.arange(t, device=device)[None] < lengths[:, None]
-    if not torch.equal(prefix, valid):
+    *host, not_prefix = torch.cat([lengths, (prefix != valid).any()[None]]).tolist()  # one read from the device
+    if not_prefix:
         raise ValueError("frame_valid must mark a prefix of each video's frames (padding frames at the end)")
-    return valid, lengths
+    if min(host) < 1:
+        raise ValueError("every video needs at least one valid frame")
+    return valid, lengths, host
 
 
 def _segment_costs(f: Tensor, c: int) -> Tensor:
@@ -725,26 +784,31 @@ def segment_events(
     if not isinstance(f, Tensor) or f.ndim not in (2, 3) or not f.is_floating_point():
         got = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
         raise ValueError(f"frame_features must be float (T, C) or (B, T, C), got {got}")
+    return _segment_events(frame_features, num_events, valid, threshold, max_events)[0]
+
+
+def _segment_events(
+    f: Tensor, num_events: int | str | None, valid: Tensor | None, threshold: float, max_events: int | None
+) -> tuple[EventSegmentation, list[list[tuple[int, int]]]]:
+    """:func:`segment_events`, and each video's events as [start, end) frame pairs on the host."""
     f = f[None] if f.ndim == 2 else f
     b, t, c = f.shape
-    valid, lengths = _frame_valid(valid, b, t, f.device)
-    if (lengths < 1).any():
-        raise ValueError("every video needs at least one valid frame")
+    valid, lengths, host_lengths = _frame_valid(valid, b, t, f.device)
     if num_events == "auto":
         if not 0 <= threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        cap = lengths.clamp_max(_check_count(max_events, "max_events")) if max_events else (lengths + 3) // 4
-        cap = cap.clamp_min(1)
+        cap = [min(n, _check_count(max_events, "max_events")) if max_events else (n + 3) // 4 for n in host_lengths]
     elif num_events is None:
-        cap = (lengths + FRAMES_PER_EVENT - 1) // FRAMES_PER_EVENT
+        cap = [-(-n // FRAMES_PER_EVENT) for n in host_lengths]
     elif isinstance(num_events, int) and not isinstance(num_events, bool) and num_events >= 1:
-        cap = lengths.clamp_max(num_events)
+        cap = [min(n, num_events) for n in host_lengths]
     else:
         raise ValueError(f"num_events must be None, a positive int or 'auto', got {num_events!r}")
+    cap = [max(1, v) for v in cap]
     f = f.double().masked_fill(~valid[..., None], 0)
     mean = f.sum(1, keepdim=True) / lengths[:, None, None]
     cost = _segment_costs((f - mean).masked_fill(~valid[..., None], 0), c)
-    kmax = int(cap.max())
+    kmax = max(cap)
     e = torch.full((b, t + 1), math.inf, dtype=torch.float64, device=f.device)
     e[:, 0] = 0
     back, totals = [], []
@@ -754,32 +818,48 @@ def segment_events(
         back.append(best.indices)
         totals.append(e.gather(1, lengths[:, None])[:, 0])
     totals = torch.stack(totals, 1)  # (B, kmax): optimal cost with k + 1 events
+    back = torch.stack(back, 1)  # (B, kmax, T + 1)
     if num_events == "auto":
+        cap_t = torch.tensor(cap, device=f.device)
         ks = torch.arange(1, kmax + 1, device=f.device)
-        ok = (totals <= threshold * totals[:, :1]) & (ks[None] <= cap[:, None])
-        ok[torch.arange(b), cap - 1] = True
+        ok = (totals <= threshold * totals[:, :1]) & (ks[None] <= cap_t[:, None])
+        ok[torch.arange(b), cap_t - 1] = True
         count = ok.long().argmax(1) + 1
+        back_host, count_host = _to_host(back, count)
     else:
-        count = cap
-    return _backtrack(back, lengths, count, totals, t)
+        (back_host,), count_host = _to_host(back), cap
+    return _backtrack(back_host, host_lengths, count_host, totals, t, f.device)
 
 
-def _backtrack(back: list[Tensor], lengths: Tensor, count: Tensor, totals: Tensor, t: int) -> EventSegmentation:
-    b = lengths.shape[0]
-    emax = int(count.max())
+def _to_host(*tensors: Tensor) -> list:
+    """The tensors' values as nested lists, in one transfer (long tensors)."""
+    flat = torch.cat([x.reshape(-1) for x in tensors]).cpu()
+    return [part.view(x.shape).tolist() for part, x in zip(flat.split([x.numel() for x in tensors]), tensors)]
+
+
+def _backtrack(
+    back: list, lengths: list[int], count: list[int], totals: Tensor, t: int, dev: torch.device
+) -> tuple[EventSegmentation, list[list[tuple[int, int]]]]:
+    b = len(lengths)
+    emax = max(count)
     labels = torch.full((b, t), -1, dtype=torch.long)
     bounds = torch.full((b, emax, 2), -1, dtype=torch.long)
-    back_cpu = [x.cpu() for x in back]
+    spans = []
     for i in range(b):
-        end = int(lengths[i])
-        for k in range(int(count[i]), 0, -1):
-            start = int(back_cpu[k - 1][i, end])
-            bounds[i, k - 1] = torch.tensor([start, end])
-            labels[i, start:end] = k - 1
+        end, video = lengths[i], []
+        for k in range(count[i], 0, -1):
+            start = back[i][k - 1][end]
+            video.append((start, end))
             end = start
-    dev = lengths.device
-    cost = totals.gather(1, (count - 1)[:, None])[:, 0]
-    return EventSegmentation(labels.to(dev), bounds.to(dev), count.to(dev), cost)
+        video.reverse()
+        for k, (start, end) in enumerate(video):
+            bounds[i, k] = torch.tensor([start, end])
+            labels[i, start:end] = k
+        spans.append(video)
+    count_t = torch.tensor(count, dtype=torch.long)
+    cost = totals.gather(1, (count_t - 1).to(dev)[:, None])[:, 0]
+    events = EventSegmentation(labels.to(dev), bounds.to(dev), count_t.to(dev), cost)
+    return events, spans
 
 
 def _video_positions(positions: Tensor | Sequence[int] | None, t: int, n: int, device: torch.device) -> Tensor:
@@ -821,47 +901,61 @@ def video_events(
         raise ValueError(f"tokens must be float per-frame tokens (T, N, C) or (B, T, N, C), got {got}")
     x = tokens[None] if tokens.ndim == 3 else tokens
     b, t, n, c = x.shape
-    fvalid, _ = _frame_valid(frame_valid, b, t, x.device)
-    events = segment_events(x.mean(2), num_events, fvalid, threshold, max_events)
+    fvalid, _, _ = _frame_valid(frame_valid, b, t, x.device)
+    events, spans = _segment_events(x.mean(2), num_events, fvalid, threshold, max_events)
     pos = _video_positions(positions, t, n, x.device)
-    spans = [(i, e, *map(int, events.bounds[i, e])) for i in range(b) for e in range(int(events.num_events[i]))]
-    length = max((e1 - e0) * n for _, _, e0, e1 in spans)
-    packed = x.new_zeros(len(spans), length, c)
-    ppos = pos.new_zeros(len(spans), length, 3)
-    pvalid = torch.zeros(len(spans), length, dtype=torch.bool, device=x.device)
-    for j, (i, _, e0, e1) in enumerate(spans):
-        packed[j, : (e1 - e0) * n] = x[i, e0:e1].reshape(-1, c)
-        ppos[j, : (e1 - e0) * n] = pos[e0:e1].reshape(-1, 3)
-        pvalid[j, : (e1 - e0) * n] = True
+    flat = [(i, e, e0, e1) for i, video in enumerate(spans) for e, (e0, e1) in enumerate(video)]
+    # pack: event j's frames e0 … e1 − 1 of video i, padded to the longest event (frame indices built on the host)
+    frames = max(e1 - e0 for _, _, e0, e1 in flat)
+    local = torch.full((len(flat), frames), -1, dtype=torch.long)
+    for j, (_, _, e0, e1) in enumerate(flat):
+        local[j, : e1 - e0] = torch.arange(e0, e1)
+    video = torch.tensor([i for i, *_ in flat])[:, None] * t
+    index = torch.stack([local, video + local.clamp_min(0)]).to(x.device)  # one transfer: local / global frame
+    pvalid = (index[0] >= 0)[..., None].expand(-1, -1, n).reshape(len(flat), frames * n)
+    packed = x.reshape(b * t, n, c)[index[1]].reshape(len(flat), frames * n, c)
+    ppos = pos[index[0].clamp_min(0)].reshape(len(flat), frames * n, 3)
     ms = multiscale_merge(packed, ppos, stages, ks, pvalid, size_weighted, **dpc)
-    return _unpack_events(ms, spans, events, b, t, n)
+    return _unpack_events(ms, flat, events, b, t, n)
 
 
 def _unpack_events(
     ms: MultiScaleResult, spans: list[tuple[int, int, int, int]], events: EventSegmentation, b: int, t: int, n: int
 ) -> VideoMergeResult:
+    """The packed events' results back in their videos, by index ops (slot tables built on the host)."""
     per = ms.tokens.shape[1]
-    emax = int(events.num_events.max())
-    dev, s = ms.tokens.device, ms.assignments.shape[1]
-    tokens = ms.tokens.new_zeros(b, emax * per, ms.tokens.shape[2])
-    valid = torch.zeros(b, emax * per, dtype=torch.bool, device=dev)
-    positions = ms.positions.new_zeros(b, emax * per, 3)
-    sizes = ms.sizes.new_zeros(b, emax * per)
-    event = torch.full((b, emax * per), -1, dtype=torch.long, device=dev)
-    stage = torch.full((b, emax * per), -1, dtype=torch.long, device=dev)
-    assignments = torch.full((b, s, t, n), -1, dtype=torch.long, device=dev)
+    emax = max(e for _, e, _, _ in spans) + 1
+    dev = ms.tokens.device
+    # source event of every (video, event slot) and of every (video, frame); frame offset within its event
+    slot_src = torch.full((b * emax,), -1, dtype=torch.long)
+    frame_src = torch.full((b, t), -1, dtype=torch.long)
+    frame_off = torch.zeros(b, t, dtype=torch.long)
+    frame_event = torch.zeros(b, t, dtype=torch.long)
     for j, (i, e, e0, e1) in enumerate(spans):
-        sl = slice(e * per, (e + 1) * per)
-        tokens[i, sl], valid[i, sl], positions[i, sl], sizes[i, sl] = (
-            ms.tokens[j],
-            ms.valid[j],
-            ms.positions[j],
-            ms.sizes[j],
-        )
-        event[i, sl] = torch.where(ms.valid[j], e, -1)
-        stage[i, sl] = torch.where(ms.valid[j], ms.stage, -1)
-        a = ms.assignments[j, :, : (e1 - e0) * n].reshape(s, e1 - e0, n)
-        assignments[i, :, e0:e1] = a + e * per
+        slot_src[i * emax + e] = j
+        frame_src[i, e0:e1] = j
+        frame_off[i, e0:e1] = torch.arange(e1 - e0)
+        frame_event[i, e0:e1] = e
+    table = torch.cat([slot_src, frame_src.flatten(), frame_off.flatten(), frame_event.flatten()]).to(dev)
+    slot_src, frame_src, frame_off, frame_event = table.split([b * emax, b * t, b * t, b * t])
+    has = (slot_src >= 0)[:, None]  # (B · E, 1)
+    src = slot_src.clamp_min(0)
+
+    def gather_slots(values: Tensor, fill: float | bool) -> Tensor:
+        out = values[src].masked_fill(~has.view(-1, *[1] * (values.ndim - 1)), fill)
+        return out.reshape(b, emax * per, *values.shape[2:])
+
+    tokens, positions = gather_slots(ms.tokens, 0), gather_slots(ms.positions, 0)
+    valid, sizes = gather_slots(ms.valid, False), gather_slots(ms.sizes, 0)
+    slot_event = torch.arange(emax, device=dev).repeat_interleave(per)
+    event = torch.where(valid, slot_event, -1)
+    stage = torch.where(valid, ms.stage.repeat(emax), -1)
+    # assignments (B, S, T, N): token (i, f, k) was token (f − e0)·N + k of packed event j, offset by e · per slots
+    rows = frame_src.clamp_min(0).view(b, t, 1)
+    cols = (frame_off.view(b, t, 1) * n + torch.arange(n, device=dev)).view(b, t, n)
+    picked = ms.assignments.permute(0, 2, 1)[rows, cols]  # (B, T, N, S)
+    picked = picked + (frame_event.view(b, t, 1, 1) * per)
+    assignments = picked.masked_fill((frame_src < 0).view(b, t, 1, 1), -1).permute(0, 3, 1, 2).contiguous()
     return VideoMergeResult(tokens, valid, positions, sizes, event, stage, assignments, events)
 
 
