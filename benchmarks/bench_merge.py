@@ -9,6 +9,7 @@ float tensors, Python loops over samples and events. Same seeded inputs; time, p
     python benchmarks/bench_merge.py --threads 1            # on a CPU shared with other jobs
     python benchmarks/bench_merge.py --device cuda --json merge.json
     python benchmarks/bench_merge.py --device cuda --cases video --profile 15   # where each side's time goes
+    python benchmarks/bench_merge.py --count --plan cuda --rounds 1 --repeats 1  # kernels a GPU would launch, on a CPU
 
 Cases (inputs: seeded synthetic patch features shaped like CLIP ViT-L/14 ones — each sample's tokens scattered
 around 40 random "object" centres, N(0, 1) noise, C = 1024 channels — so that clusters exist and there are no exact
@@ -191,7 +192,10 @@ def run_impl(impl: str, case: str, x: Tensor):
 
 def worker(args: argparse.Namespace) -> None:
     impl, case, device = args.worker, args.cases[0], torch.device(args.device)
-    import vistok.tokenizers.merge  # noqa: F401  (imported before the baseline)
+    import vistok.tokenizers.merge as merge  # imported before the baseline
+
+    if args.plan == "cuda":
+        merge._plan_for = lambda device: merge.GPU_PLAN
 
     x = (make_images(args.seed) if case == "images" else make_video(args.seed)).to(device)
     tiny = x[:2, :40].contiguous() if case == "images" else x[:2, :20].contiguous()
@@ -216,6 +220,8 @@ def worker(args: argparse.Namespace) -> None:
     record["cpu_times_s"] = cpu_times
     if args.profile:
         record["profile"] = profile_call(impl, case, x, device, args.profile)
+    if args.count:
+        record["count"] = count_call(impl, case, x)
     out = Path(args.worker_dir)
     (out / f"{impl}-{case}.json").write_text(json.dumps(record))
     maps = {
@@ -249,11 +255,42 @@ def profile_call(impl: str, case: str, x: Tensor, device: torch.device, rows: in
     return head + "\n" + events.table(sort_by=key, row_limit=rows)
 
 
+def count_call(impl: str, case: str, x: Tensor) -> dict:
+    """One more call with every aten op counted: ``ops``, those that run a kernel (views, allocations and value reads
+    excluded) — what a GPU launches one by one, which bounds the time of both sides on a GPU at these sizes — and
+    ``reads``, the values read back into Python (``int(t)``, ``.item()``, ``torch.equal``, copies to the host; a CPU
+    copy to the CPU is invisible, so on a CPU ``.tolist()`` / ``.cpu()`` of a GPU tensor are not counted)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    reads = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default}
+    free = {"empty", "empty_strided", "empty_like", "detach", "lift_fresh", "alias", "set_"}
+
+    class Count(TorchDispatchMode):
+        ops = host = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            src = args[0] if args and isinstance(args[0], Tensor) else None
+            to_host = isinstance(out, Tensor) and out.device.type == "cpu" and src is not None and src.is_cuda
+            if func in reads or to_host:
+                Count.host += 1
+            elif not func.is_view and func.overloadpacket.__name__ not in free:
+                Count.ops += 1
+            return out
+
+    with Count():
+        run_impl(impl, case, x)
+    return {"ops": Count.ops, "reads": Count.host}
+
+
 def run_worker(impl: str, case: str, args: argparse.Namespace, work: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--worker-dir", str(work)]
     cmd += ["--cases", case, "--seed", str(args.seed), "--device", args.device, "--repeats", str(args.repeats)]
     cmd += ["--threads", str(args.threads)] if args.threads else []
     cmd += ["--profile", str(args.profile)] if args.profile else []
+    cmd += ["--count"] if args.count else []
+    cmd += ["--plan", args.plan]
     env = dict(os.environ)
     if args.heap == "warm":
         env.update(WARM_HEAP)
@@ -312,6 +349,12 @@ def run(args: argparse.Namespace) -> list[dict]:
                     )
                     if r == 0 and record.get("profile"):
                         print(f"\n  profile of one {case} call, {impl}: {record['profile']}", flush=True)
+                    if r == 0 and record.get("count"):
+                        n = record["count"]
+                        print(
+                            f"  {case} {impl}: {n['ops']} kernel ops, {n['reads']} values read by the host", flush=True
+                        )
+                        row.setdefault("counts", {})[impl] = n
                     merged = row.setdefault(impl, {"times_s": [], "cpu_times_s": [], "peak_bytes": []})
                     if "error" not in merged:
                         merged["times_s"] += record["times_s"]
@@ -367,6 +410,17 @@ def print_table(rows: list[dict]) -> None:
             f"| {ratio(rw, vw)} / {ratio(rc, vc)} | {fmt(v_mb, '.0f')} | {fmt(r_mb, '.0f')} | {ratio(r_mb, v_mb)} "
             f"| {ident(row, 'float32')} | {ident(row, 'float64')} |"
         )
+    counted = [row for row in rows if len(row.get("counts", {})) == 2]
+    if counted:
+        print(
+            "\n| case | vistok kernel ops | reference kernel ops | reference / vistok | vistok host reads "
+            "| reference host reads |\n|" + "---|" * 6
+        )
+        for row in counted:
+            v, r = row["counts"]["vistok"], row["counts"]["reference"]
+            print(
+                f"| {row['case']} | {v['ops']} | {r['ops']} | {r['ops'] / v['ops']:.2f} | {v['reads']} | {r['reads']} |"
+            )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -391,6 +445,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="warm",
         help="warm (default): workers keep freed memory (glibc MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_), so no call "
         "pays page faults for fresh mappings; default: the allocator's own behaviour",
+    )
+    p.add_argument(
+        "--count",
+        action="store_true",
+        help="count each side's kernel-launching ops and host reads of device values in one more call",
+    )
+    p.add_argument(
+        "--plan",
+        choices=("auto", "cuda"),
+        default="auto",
+        help="vistok's execution plan: auto = the device's own; cuda = the GPU plan on any device (with --count on a "
+        "CPU: the ops a GPU would launch; its CPU timings mean nothing)",
     )
     p.add_argument("--worker", choices=IMPLS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-dir", default=None, help=argparse.SUPPRESS)
