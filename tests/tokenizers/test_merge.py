@@ -437,6 +437,43 @@ def test_gpu_plan_reads_one_value_per_call(monkeypatch):
     assert scalar_reads(lambda: video_events(video, frame_valid=frames, stages=(6, 3), ks=(3, 3))) == 1
 
 
+@pytest.mark.slow
+def test_compiled_stages_give_the_same_clusters():
+    """``compile=True`` runs the sync-free stages as one ``torch.compile(fullgraph=True)`` graph (a graph break, i.e. a
+    host read, would fail it): the same clusters, positions and sizes as eager; merged token values to rounding."""
+    x = clustered(3, 150, 8, seed=25, dtype=torch.float32)
+    valid = torch.ones(3, 150, dtype=torch.bool)
+    valid[1, 99:] = False
+    x[1, 120] = math.nan  # padding is never read
+    video = torch.randn(2, 20, 9, 4, generator=gen(26))
+    frames = torch.arange(20)[None] < torch.tensor([20, 14])[:, None]
+    cases = [
+        (multiscale_merge, (x,), {"valid": valid, "stages": (16, 8, 4), "ks": (5, 3, 3)}),
+        (video_events, (video,), {"frame_valid": frames, "stages": (6, 3), "ks": (3, 3), "size_weighted": True}),
+    ]
+    for fn, args, kwargs in cases:
+        eager, compiled = fn(*args, **kwargs), fn(*args, **kwargs, compile=True)
+        for name, a, b in zip(eager._fields, compiled, eager):
+            if name == "events":
+                assert all(torch.equal(u, v) for u, v in zip(a, b))
+            elif a.is_floating_point() and name == "tokens":
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+            else:
+                assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        bad = x.clone()
+        bad[0, 3, 2] = math.inf
+        multiscale_merge(bad, valid=valid, stages=(16, 8, 4), ks=(5, 3, 3), compile=True)
+
+
+def test_compile_refuses_jitter_and_unknown_options():
+    x = torch.randn(1, 30, 4)
+    with pytest.raises(ValueError, match="jitter=0"):
+        multiscale_merge(x, stages=(4,), ks=(3,), compile=True, jitter=1e-6)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['tile'\\]"):
+        video_events(torch.randn(4, 30, 4), stages=(4,), ks=(3,), tile=3)
+
+
 # ----------------------------------------------------------------------------------------------- ToMe, pooling
 
 

@@ -40,7 +40,10 @@ size-weighted mean Σ w_n x_n / Σ w_n when token sizes w are given. :func:`dpc_
   rows), and the stages never read a device value on the host (which would make it wait for every queued kernel):
   padding is masked without asking whether there is any, and every token searches its whole row for δ instead of
   only the counted density peaks. The one read per call is the check that the input is finite. The GPU plan gives
-  bitwise the CPU plan's clusters (tested on the CPU).
+  bitwise the CPU plan's clusters (tested on the CPU). Being sync-free, the stages can also run as one compiled
+  graph, ``compile=True`` in :func:`multiscale_merge` / :func:`video_events` (CUDA graphs on a GPU: one replay
+  instead of hundreds of launches). It compiles once per input shape and is meant for GPUs: on a CPU it is slower
+  than eager (``benchmarks/RESULTS.md``).
 - Clustering runs in float32 (float64 for float64 input); half/bfloat16 tokens are upcast. Densities underflow to 0
   when mean d² ≳ 100 (as in the paper's formula); scale such features first.
 
@@ -276,15 +279,21 @@ def _work_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _masked(x: Tensor, valid: Tensor, dtype: torch.dtype, check: bool = True) -> Tensor:
+def _masked(x: Tensor, valid: Tensor, dtype: torch.dtype, check: bool = True, sync_free: bool | None = None) -> Tensor:
     """x in ``dtype`` with padding zeroed (so garbage or NaN there is never read); non-finite valid tokens raise
-    (``check``). On a GPU the padding is zeroed without asking whether there is any (no host sync)."""
+    (``check``). ``sync_free`` (default: on a GPU): zero the padding without asking whether there is any."""
     x = x.to(dtype)
-    if _plan_for(x.device).sync_free or not bool(valid.all()):
+    if (_plan_for(x.device).sync_free if sync_free is None else sync_free) or not bool(valid.all()):
         x = x.masked_fill(~valid[..., None], 0)
-    if check and not torch.isfinite(x.sum()) and not bool(torch.isfinite(x).all()):  # a sum may overflow: look again
-        raise ValueError("tokens contain NaN or infinite values")
+    if check:
+        _check_finite(x, valid)
     return x
+
+
+def _check_finite(x: Tensor, valid: Tensor) -> None:
+    """Raise if a valid token holds NaN or ±inf (padding may hold anything)."""
+    if not torch.isfinite(x.sum()) and not bool((torch.isfinite(x) | ~valid[..., None]).all()):  # a sum may overflow
+        raise ValueError("tokens contain NaN or infinite values")
 
 
 # ----------------------------------------------------------------------------------------------- distances
@@ -306,6 +315,11 @@ GPU_PLAN = _Plan(GPU_TILE, 2**28, 2**28, True)  # few large kernels; 256 MiB of 
 
 def _plan_for(device: torch.device) -> _Plan:
     return CPU_PLAN if device.type == "cpu" else GPU_PLAN
+
+
+def _compile_plan(device: torch.device) -> _Plan:
+    """The plan for ``compile=True``: the device's own, but sync-free (a compiled graph cannot read values)."""
+    return _plan_for(device)._replace(sync_free=True)
 
 
 class _Panels:
@@ -502,11 +516,17 @@ def _assign_streamed(panels: _Panels, centers: Tensor, cvalid: Tensor) -> Tensor
 
 
 def _cluster_group(
-    x: Tensor, valid: Tensor, m: int, k: int, hold: bool, noise: Tensor | None, buffer: Tensor | None = None
+    x: Tensor,
+    valid: Tensor,
+    m: int,
+    k: int,
+    hold: bool,
+    noise: Tensor | None,
+    plan: _Plan,
+    buffer: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Centres (B, m; −1 in invalid slots) and assignment (B, Np) of padded tokens x (B, Np, C)."""
     b, n, c = x.shape
-    plan = _plan_for(x.device)
     panels = _Panels(x, valid, plan.tile, plan.sync_free)
     d = panels.matrix(buffer) if hold else None
     rows = max(1, plan.block_bytes // (b * n * x.element_size()))
@@ -534,11 +554,11 @@ def _cluster_group(
     return centers, assign
 
 
-def _plan(b: int, n: int, itemsize: int, max_bytes: int, low_memory: bool, device: torch.device) -> tuple[int, bool]:
+def _plan(b: int, n: int, itemsize: int, max_bytes: int, low_memory: bool, plan: _Plan) -> tuple[int, bool]:
     """(samples per group, hold the matrix?)."""
     per_sample = n * n * itemsize
     hold = not low_memory and per_sample <= max_bytes
-    group_bytes = min(_plan_for(device).group_bytes, max_bytes)
+    group_bytes = min(plan.group_bytes, max_bytes)
     return (max(1, min(b, group_bytes // per_sample)) if hold else 1), hold
 
 
@@ -598,10 +618,12 @@ def _dpc_knn(
     max_bytes: int = DEFAULT_MAX_BYTES,
     low_memory: bool = False,
     checked: bool = False,
+    plan: _Plan | None = None,
 ) -> MergeResult:
-    """:func:`dpc_knn` of checked arguments; ``checked``: x is known to be finite (a later stage's merged tokens)."""
+    """:func:`dpc_knn` of checked arguments; ``checked``: x is known to be finite; ``plan``: default the device's."""
     b, n, _ = x.shape
-    xw = _masked(x, valid, _work_dtype(x), check=not checked)
+    plan = plan or _plan_for(x.device)
+    xw = _masked(x, valid, _work_dtype(x), check=not checked, sync_free=plan.sync_free)
     np_ = -(-max(n, 1) // TILE) * TILE
     xp, vp = (F.pad(xw, (0, 0, 0, np_ - n)), F.pad(valid, (0, np_ - n), value=False)) if np_ > n else (xw, valid)
     noise = None
@@ -609,12 +631,12 @@ def _dpc_knn(
         g = torch.Generator().manual_seed(int(seed))
         noise = F.pad(torch.rand(b, n, generator=g, dtype=torch.float64) * jitter, (0, np_ - n))
         noise = noise.to(x.device, xw.dtype)
-    group, hold = _plan(b, np_, xp.element_size(), max_bytes, low_memory, x.device)
+    group, hold = _plan(b, np_, xp.element_size(), max_bytes, low_memory, plan)
     buffer = xp.new_empty(group, np_, np_) if hold and b > group else None  # one matrix reused by every group
     centers, assign = [], []
     for g0 in range(0, b, group):
         sl = slice(g0, g0 + group)
-        cen, asg = _cluster_group(xp[sl], vp[sl], m, k, hold, None if noise is None else noise[sl], buffer)
+        cen, asg = _cluster_group(xp[sl], vp[sl], m, k, hold, None if noise is None else noise[sl], plan, buffer)
         centers.append(cen)
         assign.append(asg[:, :n])
     assign_all, centers_all = (assign[0], centers[0]) if len(assign) == 1 else (torch.cat(assign), torch.cat(centers))
@@ -689,6 +711,7 @@ def multiscale_merge(
     valid: Tensor | None = None,
     size_weighted: bool = False,
     sizes: Tensor | None = None,
+    compile: bool = False,
     **dpc: Any,
 ) -> MultiScaleResult:
     """Chat-UniVi's multi-scale merging: DPC-KNN stage s (``stages[s]`` clusters, ``ks[s]`` neighbours) clusters the
@@ -698,24 +721,66 @@ def multiscale_merge(
     (token index as x). ``size_weighted``: merge stage s's tokens weighted by their number of original members (so
     every merged token is the mean of its original members); default False = plain means of the previous stage's
     tokens, as in the paper. ``sizes`` (B, N): sizes of the input tokens (weights for merging and centroids).
-    ``dpc`` goes to :func:`dpc_knn` (``jitter``, ``seed``, ``max_bytes``, ``low_memory``).
+    ``dpc`` goes to :func:`dpc_knn` (``jitter``, ``seed``, ``max_bytes``, ``low_memory``). ``compile``: run the stages
+    as one ``torch.compile`` graph (CUDA graphs on a GPU: one replay instead of hundreds of kernel launches; the same
+    clusters). Each new input shape compiles once (tens of seconds), so it pays for repeated calls at fixed shapes.
     """
     x = _check_tokens(x)
     stages, ks = _check_stages(stages, ks)
     b, n, _ = x.shape
     valid = _check_valid(valid, b, n, x.device)
     w0 = _check_sizes(sizes, valid)
-    w0 = (torch.ones(b, n, device=x.device) if w0 is None else w0.float()) * valid
-    pos = _positions(positions, b, n, x.device) * w0[..., None]
+    opts = _dpc_options(dpc, "multiscale_merge", compile)
+    pos = _positions(positions, b, n, x.device)
+    if compile:
+        _check_finite(x, valid)
+        run = _compiled(_multiscale, x.device)
+        return run(x, pos, valid, w0, stages, ks, size_weighted, opts, _compile_plan(x.device), checked=True)
+    return _multiscale(x, pos, valid, w0, stages, ks, size_weighted, opts)
+
+
+def _dpc_options(dpc: dict, name: str, compile: bool) -> dict:
+    """The :func:`dpc_knn` options among ``dpc``; anything else is an error."""
+    opts = {key: dpc.pop(key) for key in ("jitter", "seed", "max_bytes", "low_memory") if key in dpc}
+    if dpc:
+        raise TypeError(f"{name} got unexpected keyword arguments {sorted(dpc)}")
+    if compile and opts.get("jitter"):
+        raise ValueError("compile=True needs jitter=0: the density noise is drawn on the host")
+    return opts
+
+
+def _multiscale(
+    x: Tensor,
+    pos: Tensor,
+    valid: Tensor,
+    sizes: Tensor | None,
+    stages: tuple[int, ...],
+    ks: tuple[int, ...],
+    size_weighted: bool,
+    opts: dict,
+    plan: _Plan | None = None,
+    checked: bool = False,
+) -> MultiScaleResult:
+    """:func:`multiscale_merge` of checked arguments (``pos`` (B, N, 3) unweighted); with a sync-free ``plan`` it
+    reads no device value (``checked``: the input is known to be finite), so it can be compiled as one graph."""
+    b, n, _ = x.shape
+    w0 = (torch.ones(b, n, device=x.device) if sizes is None else sizes.float()) * valid
+    pos = pos * w0[..., None]
     orig = torch.arange(n, device=x.device).expand(b, n).masked_fill(~valid, -1)
     cur, cur_valid, cur_sizes = x, valid, (w0 if sizes is not None or size_weighted else None)
     outs, offset = [], 0
-    opts = {key: dpc.pop(key) for key in ("jitter", "seed", "max_bytes", "low_memory") if key in dpc}
-    if dpc:
-        raise TypeError(f"multiscale_merge got unexpected keyword arguments {sorted(dpc)}")
     for s, (m, k) in enumerate(zip(stages, ks)):
         # later stages cluster merged tokens: finite means of valid tokens with positive sizes (nothing to check)
-        r = _dpc_knn(cur, m, k, cur_valid, cur_sizes if (size_weighted or cur is x) else None, **opts, checked=s > 0)
+        r = _dpc_knn(
+            cur,
+            m,
+            k,
+            cur_valid,
+            cur_sizes if (size_weighted or cur is x) else None,
+            **opts,
+            checked=checked or s > 0,
+            plan=plan,
+        )
         orig = r.assignment.gather(1, orig.clamp_min(0)).masked_fill(orig < 0, -1)
         idx = orig.clamp_min(0)
         count = w0.new_zeros(b, m).scatter_add_(1, idx, w0)
@@ -734,6 +799,28 @@ def multiscale_merge(
         stage,
         torch.stack(assigns, 1),
     )
+
+
+_COMPILED: dict[tuple[str, str], Any] = {}
+
+
+def _compiled(fn: Any, device: torch.device) -> Any:
+    """``fn`` compiled as one graph (``torch.compile``, fixed shapes; on CUDA with CUDA graphs, so that a call is one
+    graph replay instead of hundreds of kernel launches). Results are copied out of the graph's buffers."""
+    key = (fn.__name__, device.type)
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _COMPILED[key] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+    compiled = _COMPILED[key]
+    if device.type != "cuda":
+        return compiled
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*args, **kwargs)
+        return type(out)(*(t.clone() for t in out)) if hasattr(out, "_fields") else tuple(t.clone() for t in out)
+
+    return run
 
 
 # ----------------------------------------------------------------------------------------------- video events
@@ -888,6 +975,7 @@ def video_events(
     size_weighted: bool = False,
     threshold: float = 0.25,
     max_events: int | None = None,
+    compile: bool = False,
     **dpc: Any,
 ) -> VideoMergeResult:
     """Chat-UniVi's video tokens: contiguous events (:func:`segment_events` on mean-pooled frames), then the
@@ -895,6 +983,8 @@ def video_events(
 
     ``tokens``: per-frame tokens (T, N, C) or (B, T, N, C); ``frame_valid`` (B, T) marks real frames (a prefix);
     ``positions``: the spatial (y, x) of a frame's tokens (N, 2) or grid (H, W), or (T, N, 3); t is the frame index.
+    ``compile``: pack, merge and unpack the events as one compiled graph (as in :func:`multiscale_merge`; the packed
+    shape depends on the longest event, so a new event layout may compile again).
     """
     if not isinstance(tokens, Tensor) or tokens.ndim not in (3, 4) or not tokens.is_floating_point():
         got = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
@@ -902,43 +992,67 @@ def video_events(
     x = tokens[None] if tokens.ndim == 3 else tokens
     b, t, n, c = x.shape
     fvalid, _, _ = _frame_valid(frame_valid, b, t, x.device)
+    stages, ks = _check_stages(stages, ks)
+    opts = _dpc_options(dpc, "video_events", compile)
     events, spans = _segment_events(x.mean(2), num_events, fvalid, threshold, max_events)
     pos = _video_positions(positions, t, n, x.device)
     flat = [(i, e, e0, e1) for i, video in enumerate(spans) for e, (e0, e1) in enumerate(video)]
-    # pack: event j's frames e0 … e1 − 1 of video i, padded to the longest event (frame indices built on the host)
-    frames = max(e1 - e0 for _, _, e0, e1 in flat)
-    local = torch.full((len(flat), frames), -1, dtype=torch.long)
-    for j, (_, _, e0, e1) in enumerate(flat):
+    table, dims = _event_tables(flat, b, t)
+    args = (x, pos, table.to(x.device), (b, t, n, c, *dims), stages, ks, size_weighted, opts)
+    if compile:
+        _check_finite(x.reshape(b, t * n, c), fvalid[..., None].expand(b, t, n).reshape(b, t * n))
+        out = _compiled(_video_stages, x.device)(*args, _compile_plan(x.device), checked=True)
+    else:
+        out = _video_stages(*args)
+    return VideoMergeResult(*out, events)
+
+
+def _event_tables(flat: list[tuple[int, int, int, int]], b: int, t: int) -> tuple[Tensor, tuple[int, int, int]]:
+    """Index tables for packing events (video i, event e, frames e0 … e1 − 1) into one padded batch and for putting
+    the results back, built on the host as one long tensor; and (events, frames of the longest, most events)."""
+    frames, emax = max(e1 - e0 for _, _, e0, e1 in flat), max(e for _, e, _, _ in flat) + 1
+    local = torch.full((len(flat), frames), -1, dtype=torch.long)  # frame (within its video) of packed frame f
+    slot_src = torch.full((b * emax,), -1, dtype=torch.long)  # packed event of every (video, event slot)
+    frame_src = torch.full((b, t), -1, dtype=torch.long)  # packed event of every (video, frame)
+    frame_off = torch.zeros(b, t, dtype=torch.long)  # frame offset within its event
+    frame_event = torch.zeros(b, t, dtype=torch.long)  # event of every (video, frame)
+    for j, (i, e, e0, e1) in enumerate(flat):
         local[j, : e1 - e0] = torch.arange(e0, e1)
-    video = torch.tensor([i for i, *_ in flat])[:, None] * t
-    index = torch.stack([local, video + local.clamp_min(0)]).to(x.device)  # one transfer: local / global frame
-    pvalid = (index[0] >= 0)[..., None].expand(-1, -1, n).reshape(len(flat), frames * n)
-    packed = x.reshape(b * t, n, c)[index[1]].reshape(len(flat), frames * n, c)
-    ppos = pos[index[0].clamp_min(0)].reshape(len(flat), frames * n, 3)
-    ms = multiscale_merge(packed, ppos, stages, ks, pvalid, size_weighted, **dpc)
-    return _unpack_events(ms, flat, events, b, t, n)
-
-
-def _unpack_events(
-    ms: MultiScaleResult, spans: list[tuple[int, int, int, int]], events: EventSegmentation, b: int, t: int, n: int
-) -> VideoMergeResult:
-    """The packed events' results back in their videos, by index ops (slot tables built on the host)."""
-    per = ms.tokens.shape[1]
-    emax = max(e for _, e, _, _ in spans) + 1
-    dev = ms.tokens.device
-    # source event of every (video, event slot) and of every (video, frame); frame offset within its event
-    slot_src = torch.full((b * emax,), -1, dtype=torch.long)
-    frame_src = torch.full((b, t), -1, dtype=torch.long)
-    frame_off = torch.zeros(b, t, dtype=torch.long)
-    frame_event = torch.zeros(b, t, dtype=torch.long)
-    for j, (i, e, e0, e1) in enumerate(spans):
         slot_src[i * emax + e] = j
         frame_src[i, e0:e1] = j
         frame_off[i, e0:e1] = torch.arange(e1 - e0)
         frame_event[i, e0:e1] = e
-    table = torch.cat([slot_src, frame_src.flatten(), frame_off.flatten(), frame_event.flatten()]).to(dev)
-    slot_src, frame_src, frame_off, frame_event = table.split([b * emax, b * t, b * t, b * t])
-    has = (slot_src >= 0)[:, None]  # (B · E, 1)
+    video = torch.tensor([i for i, *_ in flat])[:, None] * t
+    parts = [local, video + local.clamp_min(0), slot_src, frame_src, frame_off, frame_event]
+    return torch.cat([p.flatten() for p in parts]), (len(flat), frames, emax)
+
+
+def _video_stages(
+    x: Tensor,
+    pos: Tensor,
+    table: Tensor,
+    dims: tuple[int, ...],
+    stages: tuple[int, ...],
+    ks: tuple[int, ...],
+    size_weighted: bool,
+    opts: dict,
+    plan: _Plan | None = None,
+    checked: bool = False,
+) -> tuple[Tensor, ...]:
+    """Pack the events of x (B, T, N, C) by ``table`` (:func:`_event_tables`), merge them (:func:`_multiscale`), and
+    put the results back in their videos: the fields of a :class:`VideoMergeResult` but ``events``. Index ops only:
+    with a sync-free ``plan`` it reads no device value, so it can be compiled as one graph."""
+    b, t, n, c, count, frames, emax = dims
+    local, glob, slot_src, frame_src, frame_off, frame_event = table.split(
+        [count * frames, count * frames, b * emax, b * t, b * t, b * t]
+    )
+    local, glob = local.view(count, frames), glob.view(count, frames)
+    pvalid = (local >= 0)[..., None].expand(-1, -1, n).reshape(count, frames * n)
+    packed = x.reshape(b * t, n, c)[glob].reshape(count, frames * n, c)
+    ppos = pos[local.clamp_min(0)].reshape(count, frames * n, 3)
+    ms = _multiscale(packed, ppos, pvalid, None, stages, ks, size_weighted, opts, plan, checked)
+    per, dev = ms.tokens.shape[1], x.device
+    has = slot_src >= 0
     src = slot_src.clamp_min(0)
 
     def gather_slots(values: Tensor, fill: float | bool) -> Tensor:
@@ -947,16 +1061,14 @@ def _unpack_events(
 
     tokens, positions = gather_slots(ms.tokens, 0), gather_slots(ms.positions, 0)
     valid, sizes = gather_slots(ms.valid, False), gather_slots(ms.sizes, 0)
-    slot_event = torch.arange(emax, device=dev).repeat_interleave(per)
-    event = torch.where(valid, slot_event, -1)
+    event = torch.where(valid, torch.arange(emax, device=dev).repeat_interleave(per), -1)
     stage = torch.where(valid, ms.stage.repeat(emax), -1)
     # assignments (B, S, T, N): token (i, f, k) was token (f − e0)·N + k of packed event j, offset by e · per slots
     rows = frame_src.clamp_min(0).view(b, t, 1)
     cols = (frame_off.view(b, t, 1) * n + torch.arange(n, device=dev)).view(b, t, n)
-    picked = ms.assignments.permute(0, 2, 1)[rows, cols]  # (B, T, N, S)
-    picked = picked + (frame_event.view(b, t, 1, 1) * per)
+    picked = ms.assignments.permute(0, 2, 1)[rows, cols] + frame_event.view(b, t, 1, 1) * per  # (B, T, N, S)
     assignments = picked.masked_fill((frame_src < 0).view(b, t, 1, 1), -1).permute(0, 3, 1, 2).contiguous()
-    return VideoMergeResult(tokens, valid, positions, sizes, event, stage, assignments, events)
+    return tokens, valid, positions, sizes, event, stage, assignments
 
 
 # ----------------------------------------------------------------------------------------------- ToMe, pooling
