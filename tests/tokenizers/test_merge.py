@@ -553,6 +553,12 @@ def test_clear_errors_for_bad_inputs():
         video_events(torch.randn(5, 3))
     with pytest.raises(ValueError, match="num_events must be"):
         segment_events(torch.randn(5, 2), 0)
+    for frames, valid in (
+        (torch.randn(2, 0, 3), None),
+        (torch.randn(2, 4, 3), torch.tensor([[True] * 4, [False] * 4])),
+    ):
+        with pytest.raises(ValueError, match="at least one valid frame"):
+            segment_events(frames, valid=valid)
 
 
 # ----------------------------------------------------------------------------------------------- features, CLI

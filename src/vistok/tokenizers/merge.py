@@ -828,7 +828,7 @@ def _compiled(fn: Any, device: torch.device) -> Any:
 
 def _frame_valid(valid: Tensor | None, b: int, t: int, device: torch.device) -> tuple[Tensor, Tensor, list[int]]:
     """(valid (B, T), lengths (B,), lengths as ints); valid frames must be a prefix of each video, of ≥ 1 frame."""
-    if valid is None:
+    if valid is None and t >= 1:
         return torch.ones(b, t, dtype=torch.bool, device=device), torch.full((b,), t, device=device), [t] * b
     valid = _check_valid(valid, b, t, device)
     lengths = valid.sum(1)
