@@ -929,8 +929,8 @@ def _backtrack(
 ) -> tuple[EventSegmentation, list[list[tuple[int, int]]]]:
     b = len(lengths)
     emax = max(count)
-    labels = torch.full((b, t), -1, dtype=torch.long)
-    bounds = torch.full((b, emax, 2), -1, dtype=torch.long)
+    labels = [[-1] * t for _ in range(b)]
+    bounds = [[[-1, -1] for _ in range(emax)] for _ in range(b)]
     spans = []
     for i in range(b):
         end, video = lengths[i], []
@@ -940,12 +940,15 @@ def _backtrack(
             end = start
         video.reverse()
         for k, (start, end) in enumerate(video):
-            bounds[i, k] = torch.tensor([start, end])
-            labels[i, start:end] = k
+            bounds[i][k] = [start, end]
+            labels[i][start:end] = [k] * (end - start)
         spans.append(video)
-    count_t = torch.tensor(count, dtype=torch.long)
-    cost = totals.gather(1, (count_t - 1).to(dev)[:, None])[:, 0]
-    events = EventSegmentation(labels.to(dev), bounds.to(dev), count_t.to(dev), cost)
+    host = torch.tensor(
+        [v for row in labels for v in row] + [v for row in bounds for pair in row for v in pair] + count
+    )
+    labels_t, bounds_t, count_t = host.to(dev).split([b * t, b * emax * 2, b])  # one transfer
+    cost = totals.gather(1, (count_t - 1)[:, None])[:, 0]
+    events = EventSegmentation(labels_t.view(b, t), bounds_t.view(b, emax, 2), count_t, cost)
     return events, spans
 
 
@@ -1011,20 +1014,23 @@ def _event_tables(flat: list[tuple[int, int, int, int]], b: int, t: int) -> tupl
     """Index tables for packing events (video i, event e, frames e0 … e1 − 1) into one padded batch and for putting
     the results back, built on the host as one long tensor; and (events, frames of the longest, most events)."""
     frames, emax = max(e1 - e0 for _, _, e0, e1 in flat), max(e for _, e, _, _ in flat) + 1
-    local = torch.full((len(flat), frames), -1, dtype=torch.long)  # frame (within its video) of packed frame f
-    slot_src = torch.full((b * emax,), -1, dtype=torch.long)  # packed event of every (video, event slot)
-    frame_src = torch.full((b, t), -1, dtype=torch.long)  # packed event of every (video, frame)
-    frame_off = torch.zeros(b, t, dtype=torch.long)  # frame offset within its event
-    frame_event = torch.zeros(b, t, dtype=torch.long)  # event of every (video, frame)
+    local = [[-1] * frames for _ in flat]  # frame (within its video) of packed frame f
+    glob = [[0] * frames for _ in flat]  # the same frame's row in x.reshape(B · T, N, C)
+    slot_src = [-1] * (b * emax)  # packed event of every (video, event slot)
+    frame_src = [[-1] * t for _ in range(b)]  # packed event of every (video, frame)
+    frame_off = [[0] * t for _ in range(b)]  # frame offset within its event
+    frame_event = [[0] * t for _ in range(b)]  # event of every (video, frame)
     for j, (i, e, e0, e1) in enumerate(flat):
-        local[j, : e1 - e0] = torch.arange(e0, e1)
+        local[j][: e1 - e0] = range(e0, e1)
+        glob[j] = [i * t + max(f, 0) for f in local[j]]
         slot_src[i * emax + e] = j
-        frame_src[i, e0:e1] = j
-        frame_off[i, e0:e1] = torch.arange(e1 - e0)
-        frame_event[i, e0:e1] = e
-    video = torch.tensor([i for i, *_ in flat])[:, None] * t
-    parts = [local, video + local.clamp_min(0), slot_src, frame_src, frame_off, frame_event]
-    return torch.cat([p.flatten() for p in parts]), (len(flat), frames, emax)
+        frame_src[i][e0:e1] = [j] * (e1 - e0)
+        frame_off[i][e0:e1] = range(e1 - e0)
+        frame_event[i][e0:e1] = [e] * (e1 - e0)
+    flat_lists = [
+        v for table in (local, glob, [slot_src], frame_src, frame_off, frame_event) for row in table for v in row
+    ]
+    return torch.tensor(flat_lists, dtype=torch.long), (len(flat), frames, emax)
 
 
 def _video_stages(
