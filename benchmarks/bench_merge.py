@@ -10,6 +10,7 @@ float tensors, Python loops over samples and events. Same seeded inputs; time, p
     python benchmarks/bench_merge.py --device cuda --json merge.json
     python benchmarks/bench_merge.py --device cuda --cases video --profile 15   # where each side's time goes
     python benchmarks/bench_merge.py --count --plan cuda --rounds 1 --repeats 1  # kernels a GPU would launch, on a CPU
+    python benchmarks/bench_merge.py --device cuda --compile --rounds 3   # vistok's stages as one compiled graph
 
 Cases (inputs: seeded synthetic patch features shaped like CLIP ViT-L/14 ones — each sample's tokens scattered
 around 40 random "object" centres, N(0, 1) noise, C = 1024 channels — so that clusters exist and there are no exact
