@@ -437,8 +437,30 @@ def test_gpu_plan_reads_one_value_per_call(monkeypatch):
     assert scalar_reads(lambda: video_events(video, frame_valid=frames, stages=(6, 3), ks=(3, 3))) == 1
 
 
+def test_sync_free_stages_read_nothing_on_the_meta_device():
+    """Meta tensors have no values, so any host read inside the stages (``int(t)``, ``.item()``, ``.tolist()``,
+    ``.cpu()``, ``torch.equal``) raises: under the sync-free plan the image and video stages run through, under the
+    CPU plan they do not."""
+    plan = merge.GPU_PLAN._replace(tile=128)
+    x, valid = torch.empty(2, 300, 8, device="meta"), torch.ones(2, 300, dtype=torch.bool, device="meta")
+    pos = torch.zeros(2, 300, 3, device="meta")
+    for low_memory, size_weighted in itertools.product((False, True), (False, True)):
+        out = merge._multiscale(
+            x, pos, valid, None, (16, 8, 4), (5, 3, 3), size_weighted, {"low_memory": low_memory}, plan, True
+        )
+        assert out.tokens.shape == (2, 28, 8)
+    table, dims = merge._event_tables([(0, 0, 0, 5), (0, 1, 5, 12), (1, 0, 0, 7)], 2, 12)
+    video, vpos = torch.empty(2, 12, 9, 4, device="meta"), torch.zeros(12, 9, 3, device="meta")
+    out = merge._video_stages(
+        video, vpos, table.to("meta"), (2, 12, 9, 4, *dims), (6, 3), (3, 3), False, {}, plan, True
+    )
+    assert out[0].shape == (2, 2 * 9, 4) and out[-1].shape == (2, 2, 12, 9)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        merge._multiscale(x, pos, valid, None, (16,), (5,), False, {}, merge.CPU_PLAN, True)
+
+
 @pytest.mark.slow
-def test_compiled_stages_give_the_same_clusters():
+def test_compiled_stages_give_the_same_clusters(monkeypatch):
     """``compile=True`` runs the sync-free stages as one ``torch.compile(fullgraph=True)`` graph (a graph break, i.e. a
     host read, would fail it): the same clusters, positions and sizes as eager; merged token values to rounding."""
     x = clustered(3, 150, 8, seed=25, dtype=torch.float32)
@@ -464,6 +486,16 @@ def test_compiled_stages_give_the_same_clusters():
         bad = x.clone()
         bad[0, 3, 2] = math.inf
         multiscale_merge(bad, valid=valid, stages=(16, 8, 4), ks=(5, 3, 3), compile=True)
+    # past torch's recompile limit a new shape runs eagerly, with a warning, instead of failing
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    monkeypatch.setattr(merge, "_EAGER_FALLBACK", set())
+    multiscale_merge(x, valid=valid, stages=(16, 8, 4), ks=(5, 3, 3), compile=True)
+    with pytest.warns(UserWarning, match="run eagerly"):
+        out = multiscale_merge(x[:, :140], valid=valid[:, :140], stages=(16, 8, 4), ks=(5, 3, 3), compile=True)
+    ref = multiscale_merge(x[:, :140], valid=valid[:, :140], stages=(16, 8, 4), ks=(5, 3, 3))
+    assert torch.equal(out.assignments, ref.assignments)
+    torch._dynamo.reset()
 
 
 def test_compile_refuses_jitter_and_unknown_options():

@@ -39,7 +39,8 @@ size-weighted mean Σ w_n x_n / Σ w_n when token sizes w are given. :func:`dpc_
 - **Devices.** On a GPU, where kernel launches rather than arithmetic bound these sizes, panels are larger (1,024
   rows), and the stages never read a device value on the host (which would make it wait for every queued kernel):
   padding is masked without asking whether there is any, and every token searches its whole row for δ instead of
-  only the counted density peaks. The one read per call is the check that the input is finite. The GPU plan gives
+  only the counted density peaks. Outside the stages a call reads the input's finiteness check (and, for video, the
+  frame lengths when ``frame_valid`` is given, and the event boundaries, once each). The GPU plan gives
   bitwise the CPU plan's clusters (tested on the CPU). Being sync-free, the stages can also run as one compiled
   graph, ``compile=True`` in :func:`multiscale_merge` / :func:`video_events` (CUDA graphs on a GPU: one replay
   instead of hundreds of launches). It compiles once per input shape and is meant for GPUs: on a CPU it is slower
@@ -75,6 +76,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -639,7 +641,8 @@ def _dpc_knn(
         cen, asg = _cluster_group(xp[sl], vp[sl], m, k, hold, None if noise is None else noise[sl], plan, buffer)
         centers.append(cen)
         assign.append(asg[:, :n])
-    assign_all, centers_all = (assign[0], centers[0]) if len(assign) == 1 else (torch.cat(assign), torch.cat(centers))
+    one = len(assign) == 1  # a single group: no copy but of a padded slice
+    assign_all, centers_all = (assign[0].contiguous(), centers[0]) if one else (torch.cat(assign), torch.cat(centers))
     return _merge_tokens(xw, valid, assign_all, centers_all, sizes, x.dtype)
 
 
@@ -746,6 +749,8 @@ def _dpc_options(dpc: dict, name: str, compile: bool) -> dict:
         raise TypeError(f"{name} got unexpected keyword arguments {sorted(dpc)}")
     if compile and opts.get("jitter"):
         raise ValueError("compile=True needs jitter=0: the density noise is drawn on the host")
+    if not opts.get("jitter"):
+        opts.pop("seed", None)  # only the noise uses it (and a compiled graph would specialize on it)
     return opts
 
 
@@ -789,7 +794,7 @@ def _multiscale(
         outs.append((r.tokens, r.valid, centroid, count, orig.masked_fill(orig < 0, -1 - offset) + offset))
         cur, cur_valid, cur_sizes = r.tokens, r.valid, count if size_weighted else None
         offset += m
-    stage = torch.tensor([s for s, m in enumerate(stages) for _ in range(m)], dtype=torch.long, device=x.device)
+    stage = torch.cat([torch.full((m,), s, dtype=torch.long, device=x.device) for s, m in enumerate(stages)])
     tokens, valids, cents, counts, assigns = zip(*outs)
     return MultiScaleResult(
         torch.cat(tokens, 1),
@@ -802,22 +807,34 @@ def _multiscale(
 
 
 _COMPILED: dict[tuple[str, str], Any] = {}
+_EAGER_FALLBACK: set[str] = set()  # functions that reached torch.compile's recompile limit (warned once)
 
 
 def _compiled(fn: Any, device: torch.device) -> Any:
     """``fn`` compiled as one graph (``torch.compile``, fixed shapes; on CUDA with CUDA graphs, so that a call is one
-    graph replay instead of hundreds of kernel launches). Results are copied out of the graph's buffers."""
+    graph replay instead of hundreds of kernel launches). Results on CUDA are copied out of the graph's buffers
+    at once, so the graph's outputs are dead before the next call. Every new input shape compiles again; past
+    torch's recompile limit (``torch._dynamo.config.recompile_limit``) new shapes run eagerly, with a warning."""
     key = (fn.__name__, device.type)
     if key not in _COMPILED:
         mode = "reduce-overhead" if device.type == "cuda" else None
         _COMPILED[key] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
     compiled = _COMPILED[key]
-    if device.type != "cuda":
-        return compiled
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        torch.compiler.cudagraph_mark_step_begin()
-        out = compiled(*args, **kwargs)
+        try:
+            out = compiled(*args, **kwargs)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            if fn.__name__ not in _EAGER_FALLBACK:
+                _EAGER_FALLBACK.add(fn.__name__)
+                warnings.warn(
+                    f"merge: compile=True has compiled {fn.__name__} for as many input shapes as torch allows; "
+                    "further shapes run eagerly (the same results). Pad inputs to a few fixed shapes to avoid this.",
+                    stacklevel=3,
+                )
+            return fn(*args, **kwargs)
+        if device.type != "cuda":
+            return out
         return type(out)(*(t.clone() for t in out)) if hasattr(out, "_fields") else tuple(t.clone() for t in out)
 
     return run
@@ -875,12 +892,17 @@ def segment_events(
 
 
 def _segment_events(
-    f: Tensor, num_events: int | str | None, valid: Tensor | None, threshold: float, max_events: int | None
+    f: Tensor,
+    num_events: int | str | None,
+    valid: Tensor | tuple[Tensor, Tensor, list[int]] | None,
+    threshold: float,
+    max_events: int | None,
 ) -> tuple[EventSegmentation, list[list[tuple[int, int]]]]:
-    """:func:`segment_events`, and each video's events as [start, end) frame pairs on the host."""
+    """:func:`segment_events`, and each video's events as [start, end) frame pairs on the host. ``valid`` may be
+    the result of :func:`_frame_valid` (read once by the caller)."""
     f = f[None] if f.ndim == 2 else f
     b, t, c = f.shape
-    valid, lengths, host_lengths = _frame_valid(valid, b, t, f.device)
+    valid, lengths, host_lengths = valid if isinstance(valid, tuple) else _frame_valid(valid, b, t, f.device)
     if num_events == "auto":
         if not 0 <= threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
@@ -946,7 +968,7 @@ def _backtrack(
     host = torch.tensor(
         [v for row in labels for v in row] + [v for row in bounds for pair in row for v in pair] + count
     )
-    labels_t, bounds_t, count_t = host.to(dev).split([b * t, b * emax * 2, b])  # one transfer
+    labels_t, bounds_t, count_t = (p.clone() for p in host.to(dev).split([b * t, b * emax * 2, b]))  # one transfer
     cost = totals.gather(1, (count_t - 1)[:, None])[:, 0]
     events = EventSegmentation(labels_t.view(b, t), bounds_t.view(b, emax, 2), count_t, cost)
     return events, spans
@@ -994,10 +1016,11 @@ def video_events(
         raise ValueError(f"tokens must be float per-frame tokens (T, N, C) or (B, T, N, C), got {got}")
     x = tokens[None] if tokens.ndim == 3 else tokens
     b, t, n, c = x.shape
-    fvalid, _, _ = _frame_valid(frame_valid, b, t, x.device)
+    frames_ok = _frame_valid(frame_valid, b, t, x.device)
+    fvalid = frames_ok[0]
     stages, ks = _check_stages(stages, ks)
     opts = _dpc_options(dpc, "video_events", compile)
-    events, spans = _segment_events(x.mean(2), num_events, fvalid, threshold, max_events)
+    events, spans = _segment_events(x.mean(2), num_events, frames_ok, threshold, max_events)
     pos = _video_positions(positions, t, n, x.device)
     flat = [(i, e, e0, e1) for i, video in enumerate(spans) for e, (e0, e1) in enumerate(video)]
     table, dims = _event_tables(flat, b, t)
