@@ -488,11 +488,11 @@ def test_compiled_stages_give_the_same_clusters(monkeypatch):
         multiscale_merge(bad, valid=valid, stages=(16, 8, 4), ks=(5, 3, 3), compile=True)
     # past torch's recompile limit a new shape runs eagerly, with a warning, instead of failing
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     monkeypatch.setattr(merge, "_EAGER_FALLBACK", set())
-    multiscale_merge(x, valid=valid, stages=(16, 8, 4), ks=(5, 3, 3), compile=True)
-    with pytest.warns(UserWarning, match="run eagerly"):
-        out = multiscale_merge(x[:, :140], valid=valid[:, :140], stages=(16, 8, 4), ks=(5, 3, 3), compile=True)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        multiscale_merge(x, valid=valid, stages=(16, 8, 4), ks=(5, 3, 3), compile=True)
+        with pytest.warns(UserWarning, match="run eagerly"):
+            out = multiscale_merge(x[:, :140], valid=valid[:, :140], stages=(16, 8, 4), ks=(5, 3, 3), compile=True)
     ref = multiscale_merge(x[:, :140], valid=valid[:, :140], stages=(16, 8, 4), ks=(5, 3, 3))
     assert torch.equal(out.assignments, ref.assignments)
     torch._dynamo.reset()
