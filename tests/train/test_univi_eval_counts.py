@@ -102,3 +102,41 @@ def test_accuracy_plot_is_written_from_the_report(tmp_path):
     path = write_accuracy_png(report, tmp_path / "accuracy.png")
     assert path is not None and path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert write_accuracy_png({"kinds": {}}, tmp_path / "none.png") is None
+
+
+def test_paired_merged_vs_pooled_comparison():
+    """The paired comparison of two reductions on the same questions: difference, paired standard error and the exact
+    McNemar p-value (scipy's binomial test of the discordant pairs); evaluate_univi reports it per token budget."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from vistok.train.univi import merge_vs_pool, paired_comparison
+
+    gen = torch.Generator().manual_seed(0)
+    for n, p_a, p_b in [(300, 0.45, 0.40), (57, 0.5, 0.5), (12, 0.9, 0.1)]:
+        a = (torch.rand(n, generator=gen) < p_a).int().tolist()
+        b = (torch.rand(n, generator=gen) < p_b).int().tolist()
+        c = paired_comparison(a, b)
+        d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+        assert c["diff"] == pytest.approx(float(d.mean()), abs=1e-12)
+        assert c["se"] == pytest.approx(float(d.std() / math.sqrt(n)), rel=1e-9)
+        only_a, only_b = int((d > 0).sum()), int((d < 0).sum())
+        assert (c["only_a"], c["only_b"], c["n"]) == (only_a, only_b, n)
+        ref = scipy_stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        assert c["p_mcnemar"] == pytest.approx(ref, rel=1e-9)
+    assert paired_comparison([1, 1, 0], [1, 1, 0])["p_mcnemar"] == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        paired_comparison([1, 0], [1])
+    rows = {
+        "merge": {"tokens": 9, "correct": [1, 0, 1]},
+        "pool": {"tokens": 9, "correct": [0, 0, 1]},
+        "merge:4": {"tokens": 4, "correct": [1, 1, 1]},
+        "all": {"tokens": 16, "correct": [1, 1, 1]},
+    }
+    assert list(merge_vs_pool(rows)) == ["merged vs pooled"]  # merge:4 has no pooled counterpart
+    torch.manual_seed(0)
+    model = UniVi(UniViConfig(**TINY)).eval()
+    held = {"image": _data((16, 10))}
+    report = evaluate_univi(model, held, held, ("merge:4", "pool:4"), questions_per_item=2, progress=False)
+    cmp = report["merged_vs_pooled"]["image"]["merged vs pooled:4"]
+    m, p = report["kinds"]["image"]["merge:4"], report["kinds"]["image"]["pool:4"]
+    assert cmp["n"] == m["n"] == len(m["correct"]) == 6 and cmp["diff"] == pytest.approx(m["accuracy"] - p["accuracy"])
+    assert "merged vs pooled:4" in format_eval(report)

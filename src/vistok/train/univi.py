@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import re
 import time
@@ -314,16 +315,47 @@ def _eval_questions(data: dict, per_item: int, seed: int) -> list[tuple[int, str
 
 
 def _score(rows: list[tuple[str, str, str]]) -> dict[str, Any]:
-    """rows of (question, predicted, true) → overall and per-type accuracy."""
+    """rows of (question, predicted, true) → overall and per-type accuracy, and each question's 0/1 in order."""
+    correct = [int(normalize_answer(p) == normalize_answer(a)) for _, p, a in rows]
     by = defaultdict(list)
-    for q, p, a in rows:
-        by[question_type(q)].append(normalize_answer(p) == normalize_answer(a))
-    hits = [h for v in by.values() for h in v]
+    for (q, _, _), hit in zip(rows, correct):
+        by[question_type(q)].append(hit)
     return {
-        "accuracy": float(np.mean(hits)) if hits else None,
-        "n": len(hits),
+        "accuracy": float(np.mean(correct)) if correct else None,
+        "n": len(correct),
         "by_type": {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(by.items())},
+        "correct": correct,
     }
+
+
+def paired_comparison(a: Sequence[int], b: Sequence[int]) -> dict[str, Any]:
+    """Two reductions scored on the *same* questions: accuracy difference a − b, its standard error from the paired
+    differences, the discordant counts (right only with a / only with b) and the exact two-sided McNemar p-value
+    (binomial test of the discordant pairs) — far more sensitive than comparing two accuracies' own errors."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_comparison needs two equally long, non-empty score lists, got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    only_a, only_b = int((d > 0).sum()), int((d < 0).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"diff": float(d.mean()), "se": se, "only_a": only_a, "only_b": only_b, "p_mcnemar": p, "n": len(d)}
+
+
+def merge_vs_pool(rows: dict[str, Any]) -> dict[str, Any]:
+    """For every token budget evaluated both ways ("merge" / "pool", "merge:N" / "pool:N"): the paired comparison of
+    merged against pooled tokens on the same questions."""
+    out = {}
+    for spec, row in rows.items():
+        if spec.split(":")[0] != "merge" or "correct" not in row:
+            continue
+        other = rows.get("pool" + spec[len("merge") :])
+        if other is not None and "correct" in other:
+            out[spec.replace("merge", "merged vs pooled", 1)] = {
+                "tokens": row["tokens"],
+                **paired_comparison(row["correct"], other["correct"]),
+            }
+    return out
 
 
 @torch.no_grad()
@@ -436,6 +468,7 @@ def evaluate_univi(
             preds, _ = answer_questions(text_only.eval(), data, qs, None)
             rows["text-only LM (stage 0)"] = {"tokens": 0, **_score([(q, p, a) for (_, q, a), p in zip(qs, preds)])}
         report["kinds"][kind] = rows
+        report.setdefault("merged_vs_pooled", {})[kind] = merge_vs_pool(rows)
     return report
 
 
@@ -452,6 +485,11 @@ def format_eval(report: dict[str, Any]) -> str:
         n = next(iter(rows.values()))["n"]
         note = "; tokens = events × tokens per event, ':N' = N per event" if kind == "video" else ""
         lines.append(f"({n} questions; exact match of the normalized greedy answer{note})")
+        for name, c in report.get("merged_vs_pooled", {}).get(kind, {}).items():
+            lines.append(
+                f"{name:<26} {c['diff']:+.3f} ± {c['se']:.3f} (paired SE); right only merged {c['only_a']}, "
+                f"only pooled {c['only_b']}; McNemar p = {c['p_mcnemar']:.3g}"
+            )
         lines.append("")
     return "\n".join(lines).rstrip()
 
